@@ -1,0 +1,1 @@
+"""Job kinds: small stateless callables that take a run URI (train, evaluate)."""

@@ -1,0 +1,14 @@
+"""Shared test setup: keep torch single-threaded (CI has 2 cores) and temp files out of /tmp's root."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield
