@@ -1,0 +1,19 @@
+"""`python -m jobs <train|evaluate> <run_uri>`: what every rank runs under the local backend (and what a
+user can run by hand on any node with the rank environment set)."""
+import argparse
+import os
+
+from jobs import JOBS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs")
+    parser.add_argument("job", choices=sorted(JOBS))
+    parser.add_argument("run_uri")
+    parser.add_argument("--endpoint-url", default=os.environ.get("MSCA_S3_ENDPOINT"))
+    args = parser.parse_args()
+    JOBS[args.job](args.run_uri, args.endpoint_url)()
+
+
+if __name__ == "__main__":
+    main()

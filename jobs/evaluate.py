@@ -1,0 +1,63 @@
+"""Evaluate job: the final multi-view test (data.test_clips x data.test_crops views per video) of a run's
+weights; writes results.json, confusion.png and curves.png to the run home."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import torch
+
+from msca import dist
+from msca.data import build_dataset
+from msca.metrics import read_metrics
+from msca.run_home import RunHome
+from msca.train import DTYPES, build_model, evaluate_dataset
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
+    """Test-split evaluation with `forward` (a training engine) or, when None, the run's model.pt."""
+    dataset = build_dataset(cfg.data, "test", seed=cfg.seed)
+    device, dtype = dist.device(), DTYPES[cfg.deepspeed.precision]
+    if forward is None:
+        model = build_model(cfg.model, dataset.num_classes, cfg.store.endpoint_url)
+        state = torch.load(io.BytesIO(home.store.read_bytes("model.pt")), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        forward = model.to(device=device, dtype=dtype).eval()
+    res = evaluate_dataset(forward, dataset, cfg, device, dtype)
+    res.update(run=home.name, model=cfg.model.name, views=f"{cfg.data.test_clips}x{cfg.data.test_crops}")
+    if dist.is_main():
+        write_results(home, res, plots=cfg.eval.plots)
+        log.info("test %s: top-1 %.2f%% top-5 %.2f%% on %d videos (%s views) -> %s",
+                 cfg.model.name, 100 * res["top1"], 100 * res["top5"], res["num_videos"], res["views"],
+                 home.store.url("results.json"))
+    return res
+
+
+def write_results(home: RunHome, res: dict, plots: bool = True) -> None:
+    home.store.write_text("results.json", json.dumps(res, indent=2))
+    if not plots:
+        return
+    from msca.plots import plot_confusion, plot_curves
+
+    local = home.local_dir
+    plot_confusion(res["confusion"], res["class_names"], local / "confusion.png",
+                   title=f"{res['model']}: top-1 {100 * res['top1']:.1f}%")
+    plot_curves(read_metrics(local / "metrics.jsonl"), local / "curves.png", title=f"{home.name} ({res['model']})")
+    home.sync_up("confusion.png")
+    home.sync_up("curves.png")
+
+
+class Evaluate:
+    """Stateless: every rank builds it from the run URI, reads the config, evaluates."""
+
+    def __init__(self, run_uri: str, endpoint_url: str | None = None):
+        self.run_uri, self.endpoint_url = run_uri, endpoint_url
+
+    def __call__(self) -> dict:
+        dist.setup_logging()
+        dist.init_distributed()
+        home = RunHome(self.run_uri, self.endpoint_url)
+        return evaluate_run(home.config(), home)

@@ -1,0 +1,30 @@
+"""Backends: how a job's ranks get started. One small interface; `local` here, `slurm` (submitit) and
+`ray` (Ray Train) behind the same `submit`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+@dataclass
+class JobSpec:
+    job: str  # train | evaluate (a key of jobs.JOBS)
+    run_uri: str
+    endpoint_url: Optional[str] = None
+    log_dir: str = ""  # local folder for per-rank logs
+    make_callable: Optional[Callable] = field(default=None, repr=False)  # jobs.JOBS[job], for pickling backends
+
+
+@dataclass
+class Handle:
+    backend: str
+    description: str  # how to follow it (PIDs, job id, ...)
+    returncode: Optional[int] = None  # set when the backend waited for the job
+
+
+def get_backend(name: str):
+    if name == "local":
+        from msca.cluster.local import LocalBackend
+
+        return LocalBackend()
+    raise ValueError(f"cluster.backend={name!r}: this build has only 'local' (slurm and ray are coming)")

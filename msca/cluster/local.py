@@ -1,0 +1,92 @@
+"""Local backend: N rank processes on this machine (one per GPU with nccl, or CPU processes with gloo),
+each running `python -m jobs <job> <run_uri>` with the torch.distributed environment set."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from msca.cluster import Handle, JobSpec
+from msca.dist import free_port
+
+
+def ranks_for(procs_per_node: int) -> int:
+    if procs_per_node > 0:
+        return procs_per_node
+    return max(1, torch.cuda.device_count())
+
+
+def rank_env(rank: int, world: int, port: int, threads: int) -> dict:
+    env = dict(os.environ)
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    return env
+
+
+class LocalBackend:
+    name = "local"
+
+    def submit(self, spec: JobSpec, cluster) -> Handle:
+        world = ranks_for(cluster.procs_per_node)
+        port = cluster.master_port or free_port()
+        threads = max(1, (os.cpu_count() or 1) // world)
+        log_dir = Path(spec.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "jobs", spec.job, spec.run_uri]
+        if spec.endpoint_url:
+            cmd += ["--endpoint-url", spec.endpoint_url]
+        root = str(Path(__file__).resolve().parents[2])  # `jobs` is importable from the repo root
+        procs, logs = [], []
+        for r in range(world):
+            env = rank_env(r, world, port, threads)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+            if r == 0 and cluster.foreground:
+                out = None  # rank 0 talks to the terminal (progress bar, logs)
+            else:
+                out = open(log_dir / f"rank{r}.log", "ab")
+                logs.append(out)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                          start_new_session=not cluster.foreground))
+        desc = f"{world} local rank(s), pids {[p.pid for p in procs]}, logs in {log_dir}"
+        if not cluster.foreground:
+            return Handle(self.name, desc)
+        try:
+            code = wait_all(procs)
+        finally:
+            for f in logs:
+                f.close()
+        return Handle(self.name, desc, returncode=code)
+
+
+def wait_all(procs: list[subprocess.Popen]) -> int:
+    """Wait for every rank; if one fails, stop the others (a lone survivor would hang in a collective)."""
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                terminate(procs)
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        terminate(procs)
+        raise
+
+
+def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -1,0 +1,205 @@
+"""The run configuration's schema: dataclasses registered with Hydra so a typo or a wrong type fails at
+compose time with the key named, long before a job reaches a cluster.
+
+Groups (`configs/<group>/*.yaml`) fill these sections; `experiment/*` files are deltas over them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from msca.data.config import DataConfig
+
+
+@dataclass
+class RunConfig:
+    name: str = "???"  # the run's identity: its home is <store.root>/runs/<name>/
+    job: str = "train"  # train | evaluate
+    allow_config_change: bool = False  # re-launch an existing name with a different config
+    variants: List[str] = field(default_factory=list)  # model presets to run side by side (comparisons)
+
+
+@dataclass
+class SlurmConfig:
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    timeout_min: int = 60 * 24
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
+    max_requeues: int = 100
+    folder: str = "slurm"  # submitit logs, under the run's local home
+    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start (or join) a local Ray instance
+    max_failures: int = 3
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+
+
+@dataclass
+class ClusterConfig:
+    backend: str = "local"  # local | slurm | ray
+    nodes: int = 1
+    procs_per_node: int = 0  # ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
+    gpus_per_node: int = 0
+    master_port: int = 0  # 0 = pick a free port
+    foreground: bool = True  # wait for the job and show its progress
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "msca_b16"  # a preset of msca.model.create_model
+    name: str = "${model.arch}"  # label in logs and tables
+    num_classes: Optional[int] = None  # None: from the dataset
+    num_frames: int = "${data.num_frames}"  # type: ignore[assignment]
+    img_size: int = "${data.crop_size}"  # type: ignore[assignment]
+    patch_size: Optional[int] = None  # None: the preset's value (likewise below)
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    shift: Optional[str] = None
+    shift_div: Optional[int] = None
+    pretrained: Optional[str] = None  # .npz (Google jax ViT) or torch state dict; path or s3:// URI
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    extra: Dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed JSON
+
+
+@dataclass
+class StoreConfig:
+    root: str = "outputs"  # local dir or s3://bucket/prefix; runs live in <root>/runs/<name>
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint; None: env / boto3 default
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 18
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "step"  # step | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [10, 15])  # epochs (step schedule)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0  # cosine floor
+    grad_accum: int = 1
+    clip_grad: float = 1.0  # 0 disables
+    label_smoothing: float = 0.1
+    val_every: int = 1  # epochs; 0 disables validation during training
+    log_every: int = 10  # optimizer steps
+    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs); for smoke tests
+    progress: bool = True  # progress bar on rank 0
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # also save every N optimizer steps (0: only at epoch ends and at the end)
+    every_epochs: int = 1  # save at the end of every N-th epoch (0: never at epoch ends)
+    keep_last: int = 2  # committed checkpoints kept (the newest is never deleted)
+    keep_every: int = 0  # also keep every step divisible by this (0: none)
+
+
+@dataclass
+class EvalConfig:
+    at_end: bool = True  # the train job evaluates the final model on the test split
+    clips: int = "${data.test_clips}"  # type: ignore[assignment]
+    crops: int = "${data.test_crops}"  # type: ignore[assignment]
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+
+
+# Keys that may change between launches of one run without changing what the run computes.
+MUTABLE = ("run.", "cluster.", "store.", "eval.", "checkpoint.", "data.num_workers", "data.eval_batch_size",
+           "train.progress", "train.log_every", "model.pretrained")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The flattened settings that define what a run computes (what must match to resume it)."""
+    return {k: v for k, v in flat(OmegaConf.to_container(cfg, resolve=True)).items() if not k.startswith(MUTABLE)}
+
+
+def identity_hash(cfg: DictConfig) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def register_schema() -> None:
+    """Make the schema the base of `configs/config.yaml` (its first default is `msca_schema`)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="msca_schema", node=Config)
+
+
+def load_config(text: str) -> DictConfig:
+    """A resolved config.yaml from a run home, typed again by the schema (so jobs see the same types)."""
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
+
+
+# Choices with a fixed vocabulary, checked at launch (Hydra checks keys and types, not values).
+CHOICES = {
+    "run.job": ("train", "evaluate"),
+    "cluster.backend": ("local", "slurm", "ray"),
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+    "deepspeed.precision": ("fp32", "bf16", "fp16"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.schedule": ("step", "cosine", "constant"),
+    "data.sampling": ("dense", "uniform"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks the schema cannot express; each error names the key and the accepted values."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
+    positive = ("train.epochs", "train.grad_accum", "data.batch_size", "data.num_frames", "cluster.nodes")
+    for key in positive:
+        if OmegaConf.select(cfg, key) < 1:
+            raise ValueError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.train.lr <= 0:
+        raise ValueError(f"train.lr={cfg.train.lr} must be > 0")
+    if not 0.0 <= cfg.train.label_smoothing < 1.0:
+        raise ValueError(f"train.label_smoothing={cfg.train.label_smoothing} must be in [0, 1)")

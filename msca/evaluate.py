@@ -1,0 +1,82 @@
+"""Multi-view evaluation: n clips x crops per video, logits averaged over views, top-1/top-5.
+
+The original averages per-view logits (already averaged over T by the model) and ranks that average;
+we do the same, gather every rank's per-video scores, and compute everything from the gathered table so
+the numbers do not depend on the number of ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from msca import dist
+
+
+def shard_indices(n: int, rank: int, world: int) -> list[int]:
+    """Each video exactly once across ranks (no padding duplicates, unlike a training sampler)."""
+    return list(range(rank, n, world))
+
+
+@dataclass
+class Predictions:
+    indices: np.ndarray  # (N,) dataset indices
+    labels: np.ndarray  # (N,)
+    scores: np.ndarray  # (N, K) view-averaged logits
+
+
+@torch.no_grad()
+def predict(forward, loader, device: torch.device, dtype: torch.dtype = torch.float32) -> Predictions:
+    """Run `forward` ((B', T, 3, H, W) -> (B', K)) on every batch of views of this rank's videos."""
+    idx, lab, out = [], [], []
+    for batch in loader:
+        video = batch["video"].to(device, dtype=dtype, non_blocking=True)  # (B, V, T, 3, H, W)
+        b, v = video.shape[:2]
+        logits = forward(video.flatten(0, 1)).float()  # (B*V, K)
+        out.append(logits.view(b, v, -1).mean(1).cpu())  # (B, K)
+        lab.append(batch["label"])
+        idx.append(batch["index"])
+    if not out:
+        return Predictions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    return Predictions(torch.cat(idx).numpy(), torch.cat(lab).numpy(), torch.cat(out).numpy())
+
+
+def gather(pred: Predictions) -> Predictions:
+    """All ranks' predictions, sorted by dataset index, duplicates removed."""
+    parts = [p for p in dist.all_gather_object(pred) if len(p.indices)]
+    indices = np.concatenate([p.indices for p in parts])
+    order = np.unique(indices, return_index=True)[1]
+    return Predictions(
+        indices[order],
+        np.concatenate([p.labels for p in parts])[order],
+        np.concatenate([p.scores for p in parts])[order],
+    )
+
+
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    topk = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+    return (topk == labels[:, None]).any(axis=1)
+
+
+def summarize(pred: Predictions, num_classes: int, class_names: list[str] | None = None) -> dict:
+    """top-1/top-5, mean per-class accuracy and the confusion matrix (rows: true class)."""
+    n = len(pred.labels)
+    top1 = topk_correct(pred.scores, pred.labels, 1)
+    top5 = topk_correct(pred.scores, pred.labels, 5)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (pred.labels, pred.scores.argmax(1)), 1)
+    support = confusion.sum(1)
+    per_class = [float(confusion[c, c] / support[c]) if support[c] else math.nan for c in range(num_classes)]
+    names = class_names or [str(c) for c in range(num_classes)]
+    return {
+        "num_videos": n,
+        "top1": float(top1.mean()) if n else math.nan,
+        "top5": float(top5.mean()) if n else math.nan,
+        "mean_class_accuracy": float(np.nanmean(per_class)) if n else math.nan,
+        "per_class": {names[c]: per_class[c] for c in range(num_classes)},
+        "confusion": confusion.tolist(),
+        "class_names": names,
+    }

@@ -1,0 +1,116 @@
+"""What `launch.py` does once Hydra has composed the config: validate it, write the run's home, submit the
+job to the chosen backend, and say where the run lives. Comparisons (run.variants) launch one run per
+model preset and print a table."""
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import logging
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from msca.cluster import JobSpec, get_backend
+from msca.config import identity, validate
+from msca.report import comparison_table, load_results
+from msca.run_home import RunHome, run_uri
+from msca.storage import is_remote
+
+log = logging.getLogger("msca.launch")
+
+class ConfigMismatch(ValueError):
+    pass
+
+
+def absolutize(cfg: DictConfig) -> None:
+    """Relative local paths are relative to where launch.py ran; ranks may start elsewhere (SLURM)."""
+    for key in ("data.root", "store.root", "model.pretrained"):
+        value = OmegaConf.select(cfg, key)
+        if value and not is_remote(value) and not os.path.isabs(value):
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+
+
+def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
+    a, b = identity(old), identity(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def git_sha() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
+    """Write config.yaml (or check it matches the existing run) and append to launch.json."""
+    home = RunHome(run_uri(cfg.store.root, cfg.run.name), cfg.store.endpoint_url)
+    resuming = home.exists()
+    if resuming:
+        diff = config_diff(home.config(), cfg)
+        if diff and not cfg.run.allow_config_change:
+            raise ConfigMismatch(
+                f"run {cfg.run.name!r} exists at {home.uri} with a different config:\n  " + "\n  ".join(diff)
+                + "\nRepeat the overrides it was launched with (see its launch.json), pick a new run.name, "
+                "or pass run.allow_config_change=true to continue it with the new config."
+            )
+    home.write_config(cfg)
+    launches = json.loads(home.store.read_text("launch.json")) if home.store.exists("launch.json") else []
+    launches.append({
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "overrides": overrides, "backend": cfg.cluster.backend, "job": cfg.run.job, "resumed": resuming,
+        "git_sha": git_sha(), "user": getpass.getuser(), "host": socket.gethostname(),
+    })
+    home.store.write_text("launch.json", json.dumps(launches, indent=2))
+    return home
+
+
+def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
+    absolutize(cfg)
+    validate(cfg)
+    home = prepare_home(cfg, overrides)
+    print(f"run {cfg.run.name}: {home.uri}")
+    spec = JobSpec(job=cfg.run.job, run_uri=home.uri, endpoint_url=cfg.store.endpoint_url,
+                   log_dir=str(home.local_dir / "logs"))
+    handle = get_backend(cfg.cluster.backend).submit(spec, cfg.cluster)
+    print(f"{handle.backend}: {handle.description}")
+    if handle.returncode is None:
+        print(f"follow it: tail {home.local_dir}/metrics.jsonl; resume or re-attach: python launch.py "
+              f"run.name={cfg.run.name} [same overrides]")
+        return 0
+    if handle.returncode:
+        print(f"run {cfg.run.name} failed (exit {handle.returncode}); logs: {spec.log_dir}. Re-launching the "
+              f"same run.name resumes it.")
+        return handle.returncode
+    results = load_results(home)
+    if results:
+        print(f"test top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
+              f"({results['num_videos']} videos, {results['views']} views) -> {home.store.url('results.json')}")
+    return 0
+
+
+def launch_variants(cfg: DictConfig, overrides: list[str], compose) -> int:
+    """One run per model preset, same everything else; a comparison table when they finish here."""
+    base, homes, code = cfg.run.name, [], 0
+    for variant in cfg.run.variants:
+        extra = [f"model={variant}", f"run.name={base}-{variant}", "run.variants=[]"]
+        sub = compose([o for o in overrides if not o.startswith(("model=", "run.name="))] + extra)
+        code = launch_one(sub, overrides + extra) or code
+        homes.append(RunHome(run_uri(sub.store.root, sub.run.name), sub.store.endpoint_url))
+    if cfg.cluster.foreground:
+        print(comparison_table(homes))
+    else:
+        print("when they finish: python -m msca.report " + " ".join(h.uri for h in homes))
+    return code
+
+
+def launch(cfg: DictConfig, overrides: list[str], compose) -> int:
+    if cfg.run.variants:
+        return launch_variants(cfg, overrides, compose)
+    return launch_one(cfg, overrides)

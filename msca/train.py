@@ -1,0 +1,222 @@
+"""Trainer: builds model, data and the DeepSpeed engine from a resolved config, then trains and validates.
+
+Every rank runs the same code. Progress is counted in optimizer steps and in samples consumed per rank
+within the epoch, which is all a checkpoint needs for the sampler to resume mid-epoch exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from msca import dist
+from msca.checkpoint import CheckpointManager
+from msca.config import identity_hash
+from msca.data import ResumableDistributedSampler, build_dataset, build_loader
+from msca.evaluate import gather, predict, shard_indices, summarize
+from msca.metrics import MetricsLogger
+from msca.model import create_model, load_pretrained
+from msca.optim import build_optimizer, build_scheduler, deepspeed_config
+from msca.run_home import RunHome
+from msca.storage import open_store
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must carry beyond DeepSpeed's own state."""
+
+    epoch: int = 0  # current epoch
+    position: int = 0  # samples of `epoch` this rank has consumed (same on every rank)
+    step: int = 0  # optimizer steps taken
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_overrides(model_cfg: DictConfig, num_classes: int) -> dict:
+    """The model section as create_model keywords: unset (None) fields keep the preset's value."""
+    keys = ("num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "shift", "shift_div")
+    out = {k: model_cfg[k] for k in keys if model_cfg[k] is not None}
+    out["num_classes"] = model_cfg.num_classes or num_classes
+    return out
+
+
+def build_model(model_cfg: DictConfig, num_classes: int, endpoint_url: str | None = None) -> torch.nn.Module:
+    model = create_model(model_cfg.arch, **model_overrides(model_cfg, num_classes))
+    if model_cfg.pretrained:
+        load_pretrained(model, fetch_local(model_cfg.pretrained, endpoint_url))
+    return model
+
+
+def fetch_local(uri: str, endpoint_url: str | None = None) -> str:
+    """A local path for `uri` (downloads s3:// objects to a temp file)."""
+    if not uri.startswith("s3://"):
+        return os.path.expanduser(uri)
+    parent, key = uri.rsplit("/", 1)
+    dest = os.path.join(tempfile.mkdtemp(prefix="msca-fetch-"), key)
+    open_store(parent, endpoint_url=endpoint_url).download_file(key, dest)
+    return dest
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, home: RunHome):
+        import deepspeed
+
+        self.cfg, self.home = cfg, home
+        self.device = dist.device()
+        self.dtype = DTYPES[cfg.deepspeed.precision]
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+
+        self.train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+        self.val_set = build_dataset(cfg.data, "val", seed=cfg.seed) if cfg.train.val_every else None
+        self.sampler = ResumableDistributedSampler(
+            len(self.train_set), dist.rank(), dist.world_size(), seed=cfg.seed, shuffle=True, drop_last=True
+        )
+        per_rank = len(self.sampler)
+        self.micro_per_epoch = (per_rank // cfg.data.batch_size) // cfg.train.grad_accum * cfg.train.grad_accum
+        self.steps_per_epoch = self.micro_per_epoch // cfg.train.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {per_rank} clips per rank: fewer than data.batch_size x train.grad_accum = "
+                f"{cfg.data.batch_size} x {cfg.train.grad_accum}. Lower them or use fewer ranks."
+            )
+
+        model = build_model(cfg.model, self.train_set.num_classes, cfg.store.endpoint_url)
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train, self.steps_per_epoch)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+        )
+        dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
+        self.ckpt = CheckpointManager(self.engine, home, every_steps=cfg.checkpoint.every_steps,
+                                      keep_last=cfg.checkpoint.keep_last, keep_every=cfg.checkpoint.keep_every,
+                                      config_hash=identity_hash(cfg))
+        restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
+        self.state = TrainState(**restored) if restored else TrainState()
+        self.metrics = MetricsLogger(home.local_dir, enabled=dist.is_main())
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        log.info(
+            "model %s (%.2fM params) | %d train clips, %d ranks x %d clips x %d accum -> %d steps/epoch, %d steps",
+            cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, len(self.train_set),
+            dist.world_size(), cfg.data.batch_size, cfg.train.grad_accum, self.steps_per_epoch, self.total_steps,
+        )
+
+    # ----------------------------------------------------------------------------------------- training
+    def loss(self, batch) -> torch.Tensor:
+        video = batch["video"].to(self.device, dtype=self.dtype, non_blocking=True)  # (B, T, 3, H, W)
+        label = batch["label"].to(self.device, non_blocking=True)  # (B,)
+        logits = self.engine(video).float()  # (B, K)
+        return F.cross_entropy(logits, label, label_smoothing=self.cfg.train.label_smoothing)
+
+    def fit(self) -> TrainState:
+        cfg, state = self.cfg, self.state
+        progress = self._progress_bar()
+        while state.step < self.total_steps and state.epoch < cfg.train.epochs:
+            self.sampler.set_epoch(state.epoch, start=state.position)
+            loader = build_loader(self.train_set, self.sampler, cfg.data.batch_size, cfg.data.num_workers, drop_last=True)
+            self.engine.train()
+            window, t0, micro = [], time.perf_counter(), state.position // cfg.data.batch_size
+            for batch in loader:
+                if micro >= self.micro_per_epoch:
+                    break
+                loss = self.loss(batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                window.append(loss.item())
+                micro += 1
+                state.position += cfg.data.batch_size
+                if micro % cfg.train.grad_accum:
+                    continue
+                state.step += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(epoch=state.epoch, loss=f"{window[-1]:.3f}", refresh=False)
+                if state.step % cfg.train.log_every == 0 or state.step == self.total_steps:
+                    t0 = self._log_train(window, t0)
+                    window = []
+                self.ckpt.maybe_save(state.step, asdict(state))
+                if state.step >= self.total_steps:
+                    break
+            if micro >= self.micro_per_epoch:  # epoch finished (not cut by max_steps)
+                state.epoch += 1
+                state.position = 0
+                if cfg.train.val_every and state.epoch % cfg.train.val_every == 0:
+                    self.validate()
+                if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:
+                    self.ckpt.save(state.step, asdict(state))
+        self.ckpt.save(state.step, asdict(state))  # the final state (a no-op if just saved)
+        if progress is not None:
+            progress.close()
+        self.metrics.flush()
+        self.home.sync_up("metrics.jsonl")
+        return state
+
+    def _log_train(self, window: list[float], t0: float) -> float:
+        now = time.perf_counter()
+        loss, clips = dist.all_reduce_mean([float(np.mean(window)), 0.0])[0], len(window) * self.cfg.data.batch_size
+        clips_per_s = clips * dist.world_size() / max(now - t0, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.metrics.log("train", self.state.step, epoch=self.state.epoch, loss=loss, lr=lr, clips_per_s=clips_per_s)
+        log.debug("step %d loss %.4f lr %.3g %.1f clips/s", self.state.step, loss, lr, clips_per_s)
+        return now
+
+    def _progress_bar(self):
+        if not (self.cfg.train.progress and dist.is_main()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.state.step, desc=f"train {self.cfg.model.name}",
+                    unit="step", dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+
+    # --------------------------------------------------------------------------------------- evaluation
+    def validate(self) -> dict:
+        """Training-time validation (val_clips x crops views); logged, returns top-1/top-5."""
+        res = self.evaluate_split(self.val_set)
+        out = {"epoch": self.state.epoch, "top1": res["top1"], "top5": res["top5"], "num_videos": res["num_videos"]}
+        self.metrics.log("val", self.state.step, **out)
+        log.info("epoch %d val top-1 %.2f%% top-5 %.2f%% (%d videos)", self.state.epoch, 100 * out["top1"],
+                 100 * out["top5"], out["num_videos"])
+        return out
+
+    def evaluate_split(self, dataset) -> dict:
+        self.engine.eval()
+        res = evaluate_dataset(self.engine, dataset, self.cfg, self.device, self.dtype)
+        self.engine.train()
+        return res
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """fp32 state dict with timm names, on rank 0 (None elsewhere); gathers ZeRO-3 shards."""
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        gather_ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext()
+        with gather_ctx:
+            sd = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if dist.is_main() else None
+        return sd
+
+
+def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:
+    """Every rank predicts its shard; everyone gets the summary of all videos."""
+    idx = shard_indices(len(dataset), dist.rank(), dist.world_size())
+    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers)
+    pred = gather(predict(forward, loader, device, dtype))
+    return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

@@ -1,0 +1,82 @@
+"""Every config option composes against the schema; typos, wrong types and bad values fail with the key named."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from msca.config import register_schema, validate
+from msca.optim import deepspeed_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_schema()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.relative_to(CONFIGS / group).with_suffix("").as_posix()
+                  for p in (CONFIGS / group).rglob("*.yaml"))
+
+
+def make(overrides=()):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_composes_and_validates():
+    cfg = make()
+    validate(cfg)
+    assert cfg.model.arch == "msca_b16" and cfg.model.shift == "kv"
+    assert cfg.model.img_size == cfg.data.crop_size and cfg.model.num_frames == cfg.data.num_frames
+    assert cfg.data.synthetic.classes >= 2
+    assert cfg.run.name.endswith("-msca_tiny")
+
+
+@pytest.mark.parametrize("group", ["cluster", "model", "data", "deepspeed", "store", "experiment"])
+def test_every_option_composes(group):
+    for option in options(group):
+        cfg = make([f"{group}={option}"])
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        validate(cfg)
+
+
+def test_k400_experiment_is_the_original_recipe():
+    cfg = make(["experiment=k400_msca_b16_8x32"])
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.epochs) == ("sgd", 0.1, 0.9, 0.0, 18)
+    assert (t.schedule, list(t.milestones), t.gamma, t.grad_accum, t.clip_grad, t.label_smoothing) == (
+        "step", [10, 15], 0.1, 10, 1.0, 0.1)
+    assert (cfg.data.num_frames, cfg.data.stride, cfg.data.test_clips, cfg.data.test_crops) == (8, 32, 10, 3)
+    assert cfg.model.arch == "msca_b16" and cfg.model.pretrained.endswith(".npz")
+    for twin, arch in (("vit", "vit_b16"), ("tokenshift", "tokenshift_b16")):
+        other = make([f"experiment=k400_{twin}_b16_8x32"])
+        assert other.model.arch == arch and other.train == cfg.train
+
+
+def test_deepspeed_json_states_batch_once():
+    cfg = make(["deepspeed=zero2_bf16", "data.batch_size=3", "train.grad_accum=4", "+deepspeed.extra.steps_per_print=7"])
+    ds = deepspeed_config(cfg)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 4
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["steps_per_print"] == 7
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lrr=0.1", "lrr"),                # typo in a key
+    ("train.epochs=many", "train.epochs"),   # wrong type
+    ("model=msca_b17", "msca_b17"),          # unknown group option
+])
+def test_bad_overrides_fail_at_compose_time(override, needle):
+    with pytest.raises(ConfigCompositionException) as err:
+        make([override])
+    assert needle in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("deepspeed.precision=fp8", "deepspeed.precision"),
+    ("train.optimizer=lamb", "train.optimizer"),
+    ("train.grad_accum=0", "train.grad_accum"),
+])
+def test_bad_values_fail_validation(override, needle):
+    with pytest.raises(ValueError, match=needle):
+        validate(make([override]))
