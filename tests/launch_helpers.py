@@ -1,0 +1,34 @@
+"""Run `python launch.py` for real (subprocess, as a user would) with laptop-small overrides."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = ["model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.shift_div=2"]
+
+
+def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
+    return [
+        f"run.name={name}", f"store.root={tmp / 'store'}", f"data.root={data_root}",
+        "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2", "data.synthetic.frames=16",
+        "data.synthetic.height=40", "data.synthetic.width=52",
+        "data.crop_size=32", "data.train_short_side=[36,44]", "data.test_short_side=36", "data.stride=2",
+        "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=4", "data.test_clips=1", "data.test_crops=1",
+        "train.progress=false", "train.log_every=1", "eval.plots=false", *TINY_MODEL,
+    ]
+
+
+def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(store: Path, name: str) -> list[dict]:
+    path = store / "runs" / name / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
