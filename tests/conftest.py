@@ -12,3 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+# A real S3 server (SeaweedFS) for storage/data/checkpoint tests: `s3_server` (session) and `s3_env` (per test).
+from s3_server import s3_env, s3_server  # noqa: E402,F401

@@ -1,0 +1,459 @@
+"""One `Store` for local paths and `s3://bucket/prefix` URIs: the project's only importer of boto3.
+
+Everything that persists (frames, list files, run homes, checkpoints) goes through a `Store` rooted at a URI,
+with '/'-separated keys relative to that root, so the same code runs against a shared filesystem or any
+S3-compatible server. S3 settings follow the standard boto3 chain (env, ~/.aws, instance roles); only the
+endpoint has a project-level override (`endpoint_url=`, else `MSCA_S3_ENDPOINT`, else `AWS_ENDPOINT_URL`).
+
+Processes: a `Store` is picklable and fork-safe. The boto3 client and the thread pool are created lazily per
+process (a DataLoader worker forked from a parent that already used the store builds its own), because
+neither urllib3 connection pools nor executor threads survive a fork.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Optional, Sequence, Union
+
+import boto3
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_ENV_VARS = ("MSCA_S3_ENDPOINT", "AWS_ENDPOINT_URL")
+_CRED_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for this server, and "
+              "MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) for an S3-compatible endpoint")
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+               "403", "Forbidden", "AuthorizationHeaderMalformed", "InvalidSecurity"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_BIG = 64 * 1024 * 1024          # above this, whole-object reads/writes go through ranged/multipart transfers
+
+
+class StoreAuthError(PermissionError):
+    """The server rejected our credentials (wrong key/secret, no credentials, or no permission)."""
+
+
+class BucketNotFoundError(LookupError):
+    """The bucket named in an s3:// URI does not exist on the endpoint."""
+
+
+def is_remote(uri: Union[str, os.PathLike]) -> bool:
+    """True for object-store URIs (s3://), False for local/shared-filesystem paths."""
+    return str(uri).startswith("s3://")
+
+
+def open_store(uri: Union[str, os.PathLike], endpoint_url: Optional[str] = None, **s3_options) -> "Store":
+    """Open a store rooted at `uri`: a local path (or file://) or `s3://bucket[/prefix]`.
+
+    `s3_options` (S3 only): region_name, aws_access_key_id, aws_secret_access_key, aws_session_token,
+    profile_name, max_attempts (adaptive retries, default 8), max_pool_connections (default 64),
+    addressing_style ("path" by default for custom endpoints), transfer_concurrency (default 8).
+    """
+    uri = str(uri)
+    if is_remote(uri):
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise ValueError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+        return S3Store(bucket, prefix.strip("/"), _S3Conn(endpoint_url, s3_options))
+    if s3_options:
+        raise TypeError(f"S3 options {sorted(s3_options)} given for a local path {uri!r}")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return LocalStore(os.path.abspath(os.path.expanduser(uri)))
+
+
+def _clean_key(key: str) -> str:
+    """Normalise a relative key; refuse keys that would escape the root."""
+    key = str(key).replace(os.sep, "/").strip("/")
+    if not key:
+        return ""
+    parts = [p for p in key.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"store keys may not contain '..': {key!r}")
+    return "/".join(parts)
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(max_workers: int) -> ThreadPoolExecutor:
+    """A per-process, per-size thread pool (executor threads do not survive fork, so key by pid)."""
+    k = (os.getpid(), max_workers)
+    pool = _POOLS.get(k)
+    if pool is None:
+        with _POOLS_LOCK:
+            pool = _POOLS.get(k)
+            if pool is None:
+                pool = _POOLS[k] = ThreadPoolExecutor(max_workers, thread_name_prefix="msca-store")
+    return pool
+
+
+class Store:
+    """A root URI plus '/'-separated keys relative to it. Subclasses: `LocalStore`, `S3Store`."""
+    uri: str
+
+    # --- per-backend primitives -------------------------------------------------------------------------------
+    def child(self, key: str) -> "Store": raise NotImplementedError
+    def url(self, key: str = "") -> str: raise NotImplementedError
+    def exists(self, key: str) -> bool: raise NotImplementedError
+    def read_bytes(self, key: str) -> bytes: raise NotImplementedError
+    def write_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
+    def list(self, prefix: str = "") -> list: raise NotImplementedError
+    def size(self, key: str) -> int: raise NotImplementedError
+    def delete(self, key: str) -> None: raise NotImplementedError
+    def upload_file(self, local_path: str, key: str) -> None: raise NotImplementedError
+    def download_file(self, key: str, local_path: str) -> None: raise NotImplementedError
+
+    # --- shared helpers -----------------------------------------------------------------------------------------
+    def read_text(self, key: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(key).decode(encoding)
+
+    def write_text(self, key: str, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(key, text.encode(encoding))
+
+    def read_many(self, keys: Sequence[str], max_workers: int = 8) -> list:
+        """Fetch keys concurrently (a clip's frames); each result is the bytes or the exception raised.
+
+        Returned in the order of `keys`. Errors are values, not raised, so a caller can replace one bad frame
+        without losing the others.
+        """
+        def one(k):
+            try:
+                return self.read_bytes(k)
+            except Exception as e:  # noqa: BLE001 - handed back to the caller by design
+                return e
+        keys = list(keys)
+        if max_workers <= 1 or len(keys) <= 1:
+            return [one(k) for k in keys]
+        return list(_pool(max_workers).map(one, keys))
+
+    def write_many(self, items: Iterable, max_workers: int = 8) -> None:
+        """Write (key, bytes) pairs concurrently; raises the first error."""
+        items = list(items)
+        if max_workers <= 1:
+            for k, d in items:
+                self.write_bytes(k, d)
+            return
+        for f in [_pool(max_workers).submit(self.write_bytes, k, d) for k, d in items]:
+            f.result()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under the folder `prefix`; returns how many were deleted."""
+        keys = self.list(prefix)
+        for k in keys:
+            self.delete(k)
+        return len(keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.uri == other.uri
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.uri))
+
+
+class LocalStore(Store):
+    """A directory on a local or shared filesystem. Writes are atomic (temp file + os.replace)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.uri = root
+
+    def _path(self, key: str) -> str:
+        key = _clean_key(key)
+        return os.path.join(self.root, *key.split("/")) if key else self.root
+
+    def child(self, key: str) -> "LocalStore":
+        return LocalStore(self._path(key))
+
+    def url(self, key: str = "") -> str:
+        return self._path(key)
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise FileNotFoundError(f"{path}: is a directory, not a file") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def list(self, prefix: str = "") -> list:
+        base = self._path(prefix)
+        if os.path.isfile(base):
+            return [_clean_key(prefix)]
+        out = []
+        for dirpath, _, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in files:
+                if ".tmp-" in name:       # an in-flight atomic write
+                    continue
+                out.append(name if rel == "." else f"{rel}/{name}")
+        return sorted(out)
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            return os.path.getsize(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            os.remove(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def upload_file(self, local_path: str, key: str) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+
+    def download_file(self, key: str, local_path: str) -> None:
+        src = self._path(key)
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"{src}: no such file")
+        _atomic_copy(lambda tmp: shutil.copyfile(src, tmp), local_path)
+
+
+def _atomic_copy(write, local_path: str) -> None:
+    """Write a local file via `write(tmp_path)` then rename, so a crash never leaves half a file."""
+    d = os.path.dirname(os.path.abspath(local_path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".dl-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, local_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class _S3Conn:
+    """Connection settings plus a lazily built, per-process boto3 client (shared by a store and its children)."""
+
+    def __init__(self, endpoint_url: Optional[str], options: dict):
+        opts = dict(options)
+        self.endpoint_url = endpoint_url or next((os.environ[v] for v in ENDPOINT_ENV_VARS if os.environ.get(v)),
+                                                 None)
+        self.session_kwargs = {k: opts.pop(k) for k in ("aws_access_key_id", "aws_secret_access_key",
+                                                        "aws_session_token", "profile_name") if k in opts}
+        self.region_name = opts.pop("region_name", None)
+        self.max_attempts = int(opts.pop("max_attempts", 8))
+        self.max_pool_connections = int(opts.pop("max_pool_connections", 64))
+        self.addressing_style = opts.pop("addressing_style", "path" if self.endpoint_url else "auto")
+        self.transfer_concurrency = int(opts.pop("transfer_concurrency", 8))
+        if opts:
+            raise TypeError(f"unknown S3 options: {sorted(opts)}")
+        self._client = None
+        self._pid = None
+        self._lock = threading.Lock()
+        self.checked_buckets: set = set()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_client=None, _pid=None, _lock=None, checked_buckets=set())
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        return self.endpoint_url or "the default AWS endpoint"
+
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                self._lock = threading.Lock()   # a lock copied mid-acquire by fork would deadlock
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    session = boto3.session.Session(**self.session_kwargs)
+                    region = self.region_name or session.region_name or "us-east-1"
+                    cfg = Config(retries={"max_attempts": self.max_attempts, "mode": "adaptive"},
+                                 max_pool_connections=self.max_pool_connections,
+                                 s3={"addressing_style": self.addressing_style},
+                                 connect_timeout=10, read_timeout=60)
+                    self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region,
+                                                  config=cfg)
+                    self._pid = os.getpid()
+        return self._client
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024,
+                              max_concurrency=self.transfer_concurrency, use_threads=True)
+
+
+class S3Store(Store):
+    """`s3://bucket/prefix` on AWS or any S3-compatible server (SeaweedFS, MinIO, Ceph RGW)."""
+
+    def __init__(self, bucket: str, prefix: str, conn: _S3Conn):
+        self.bucket, self.prefix, self.conn = bucket, prefix, conn
+        self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+    def _key(self, key: str) -> str:
+        key = _clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
+
+    def child(self, key: str) -> "S3Store":
+        return S3Store(self.bucket, self._key(key), self.conn)
+
+    def url(self, key: str = "") -> str:
+        k = self._key(key)
+        return f"s3://{self.bucket}/{k}" if k else f"s3://{self.bucket}"
+
+    # --- error mapping: name the object, the endpoint and what to set -----------------------------------------
+    def _error(self, e: Exception, key: str, missing_ok: bool = False):
+        """Translate a botocore error into FileNotFoundError / StoreAuthError / BucketNotFoundError."""
+        what = self.url(key) if key is not None else self.uri
+        where = f"{what} on {self.conn.where}"
+        if isinstance(e, botocore.exceptions.NoCredentialsError):
+            return StoreAuthError(f"no S3 credentials found for {where}: {_CRED_HINT}")
+        if isinstance(e, botocore.exceptions.EndpointConnectionError):
+            return ConnectionError(f"cannot reach the S3 endpoint for {where} ({e}); is the server running? "
+                                   f"Set MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) to its URL")
+        if not isinstance(e, botocore.exceptions.ClientError):
+            return e
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(f"bucket {self.bucket!r} does not exist on {self.conn.where} "
+                                       f"(while accessing {what}); create it or fix the URI")
+        if code in _AUTH_CODES or status == 403:
+            return StoreAuthError(f"S3 refused our credentials for bucket {self.bucket!r} on {self.conn.where} "
+                                  f"({code or status}: {err.get('Message', '')}); {_CRED_HINT}")
+        if code in _MISSING_CODES or status == 404:
+            if key is not None:
+                self._check_bucket()
+            return FileNotFoundError(f"{what}: no such object on {self.conn.where}")
+        return e
+
+    def _check_bucket(self) -> None:
+        """A HEAD 404 does not say whether the key or the bucket is missing: ask once per bucket."""
+        if self.bucket in self.conn.checked_buckets:
+            return
+        try:
+            self.conn.client().head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFoundError(f"bucket {self.bucket!r} does not exist on {self.conn.where}; "
+                                          f"create it or fix the URI") from None
+            raise self._error(e, None) from None
+        self.conn.checked_buckets.add(self.bucket)
+
+    def _call(self, fn, key, **kw):
+        try:
+            return fn(**kw)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise self._error(e, key) from e
+
+    # --- primitives ---------------------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def size(self, key: str) -> int:
+        c = self.conn.client()
+        return self._call(c.head_object, key, Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+
+    def read_bytes(self, key: str) -> bytes:
+        c = self.conn.client()
+        resp = self._call(c.get_object, key, Bucket=self.bucket, Key=self._key(key))
+        n = resp.get("ContentLength", 0)
+        if n > _BIG:    # parallel ranged GETs for big objects (checkpoints)
+            resp["Body"].close()
+            buf = io.BytesIO()
+            self._call(c.download_fileobj, key, Bucket=self.bucket, Key=self._key(key), Fileobj=buf,
+                       Config=self.conn.transfer_config())
+            return buf.getvalue()
+        try:
+            return resp["Body"].read()
+        finally:
+            resp["Body"].close()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        c = self.conn.client()
+        if len(data) > _BIG:
+            self._call(c.upload_fileobj, key, Fileobj=io.BytesIO(data), Bucket=self.bucket, Key=self._key(key),
+                       Config=self.conn.transfer_config())
+        else:
+            self._call(c.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def list(self, prefix: str = "") -> list:
+        p = self._key(prefix)
+        s3_prefix = f"{p}/" if p else ""
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        out = []
+        pages = self.conn.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=s3_prefix)
+        try:
+            for page in pages:
+                out.extend(o["Key"][strip:] for o in page.get("Contents", ()))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise self._error(e, prefix) from e
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        c = self.conn.client()
+        try:
+            self._call(c.delete_object, key, Bucket=self.bucket, Key=self._key(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        c = self.conn.client()
+        for i in range(0, len(keys), 1000):
+            objs = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            self._call(c.delete_objects, prefix, Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True})
+        return len(keys)
+
+    def upload_file(self, local_path: str, key: str) -> None:
+        """Multipart + parallel above 16 MiB (boto3's transfer manager)."""
+        c = self.conn.client()
+        self._call(c.upload_file, key, Filename=str(local_path), Bucket=self.bucket, Key=self._key(key),
+                   Config=self.conn.transfer_config())
+
+    def download_file(self, key: str, local_path: str) -> None:
+        """Parallel ranged GETs above 16 MiB; the local file appears atomically."""
+        c = self.conn.client()
+        _atomic_copy(lambda tmp: self._call(c.download_file, key, Bucket=self.bucket, Key=self._key(key),
+                                            Filename=tmp, Config=self.conn.transfer_config()), str(local_path))
