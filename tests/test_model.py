@@ -165,6 +165,24 @@ def test_temporal_shift_values_and_zero_boundaries():
     assert one[..., 0].abs().sum() == 0 and one[..., 4].abs().sum() == 0 and torch.equal(one[..., 1:4], x[:, :1, 1:4])
 
 
+@pytest.mark.parametrize("future,past,dim", [((0, 1), (3, 5), 2), ((0, 2), (2, 4), -1), ((1, 2), (4, 5), 3)])
+def test_temporal_shift_gradient_is_exact(future, past, dim):
+    x = torch.randn(2, 3, 5, 5, dtype=torch.double, requires_grad=True)
+    f = lambda x: temporal_shift(x, slice(*future), slice(*past), dim)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,)) and torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("temporal,shift,shift_div", [("msca", "kv", 4), ("msca_patch", "qkv", 3),
+                                                      ("tokenshift", "kv", 4)])
+def test_parameter_gradients_match_reference(temporal, shift, shift_div):
+    m = tiny(temporal=temporal, shift=shift, shift_div=shift_div)
+    x = video(2, 3)
+    got = torch.autograd.grad(m(x).square().sum(), list(m.parameters()))
+    want = torch.autograd.grad(ref_forward(m, x, temporal, shift, shift_div).square().sum(), list(m.parameters()))
+    for (n, _), g, w in zip(m.named_parameters(), got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-3, msg=n)
+
+
 def test_head_shift_boundaries_and_no_wraparound():
     attn = Attention(48, 4, temporal=HeadShift("kv", 4)).eval()  # head 0 from t+1, head 3 from t-1
     attn.proj = torch.nn.Identity()  # look at per-head outputs, (B, T, N, h*d)

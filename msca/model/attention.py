@@ -13,8 +13,8 @@ Variants (who reads frame t+1 / t-1; everything else reads frame t):
 - `PatchShift`     MSCA patch variant (our definition; the paper gives no pattern): the same split along the
                    token axis. fold = (N-1) // shift_div patch tokens; the first `fold` patch tokens in raster
                    order (token positions [1, 1+fold)) read t+1, the last `fold` ([N-fold, N)) read t-1, in all
-                   heads. The CLS token (position 0) always stays at frame t, so each query still sees its own
-                   frame's summary. shift_div 12 moves 32 of 196 tokens at 224 px (16 %), close to the 2 of 12
+                   heads: a strip at the top of the image from t+1 and one at the bottom from t-1. The CLS
+                   token (position 0) always stays at frame t, so each query still sees its own frame's summary. shift_div 12 moves 32 of 196 tokens at 224 px (16 %), close to the 2 of 12
                    heads (17 %) of the head split.
 - `TokenShift`     TokenShift baseline on the residual stream: CLS channels [0, fold) read t+1 and
                    [fold, 2*fold) read t-1, fold = C // shift_div; patch tokens untouched.
@@ -26,17 +26,12 @@ from torch import nn
 SHIFTS = ("kv", "k", "v", "q", "qk", "qv", "qkv")
 
 
-def temporal_shift(x: torch.Tensor, future: slice, past: slice, dim: int) -> torch.Tensor:
-    """Along `dim` of x (B, T, ...), positions in `future` take frame t+1's values and positions in `past`
-    frame t-1's; frames beyond the clip are zeros. Returns x itself when both slices are empty."""
-    dim, size = dim % x.dim(), x.shape[dim % x.dim()]
-    assert dim >= 2, "dims 0 and 1 are batch and time"
-    moves = sorted((s.indices(size)[:2], src) for s, src in ((future, 1), (past, -1)))
+def _shift(x: torch.Tensor, future: tuple[int, int], past: tuple[int, int], dim: int) -> torch.Tensor:
+    """The shift as plain ops: one pad per moved part, one cat."""
     parts, pos = [], 0
-    for (start, stop), src in moves:
+    for (start, stop), src in sorted(((future, 1), (past, -1))):
         if stop <= start:
             continue
-        assert start >= pos, f"future {future} and past {past} overlap"
         if start > pos:
             parts.append(x.narrow(dim, pos, start - pos))  # unshifted run before this move
         seg = x.narrow(dim, start, stop - start)  # (B, T, ..., stop-start, ...)
@@ -44,11 +39,36 @@ def temporal_shift(x: torch.Tensor, future: slice, past: slice, dim: int) -> tor
         pad = [0, 0] * (x.dim() - 2) + ([0, 1] if src > 0 else [1, 0])
         parts.append(F.pad(seg, pad))  # (B, T, ...): zero frame at the clip's end (or start)
         pos = stop
-    if not parts:
-        return x
-    if pos < size:
-        parts.append(x.narrow(dim, pos, size - pos))
+    if pos < x.shape[dim]:
+        parts.append(x.narrow(dim, pos, x.shape[dim] - pos))
     return torch.cat(parts, dim)
+
+
+class _TemporalShift(torch.autograd.Function):
+    """The shift is linear and its adjoint is the opposite shift, so backward is one more cat; plain autograd
+    through narrow/pad/cat would allocate and sum a full-size zero gradient per piece."""
+
+    @staticmethod
+    def forward(ctx, x, future, past, dim):
+        ctx.args = future, past, dim
+        return _shift(x, future, past, dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        future, past, dim = ctx.args
+        return _TemporalShift.apply(grad, past, future, dim), None, None, None  # future reads t-1, past t+1
+
+
+def temporal_shift(x: torch.Tensor, future: slice, past: slice, dim: int) -> torch.Tensor:
+    """Along `dim` of x (B, T, ...), positions in `future` take frame t+1's values and positions in `past`
+    frame t-1's; frames beyond the clip are zeros. Returns x itself when both slices are empty."""
+    dim, size = dim % x.dim(), x.shape[dim % x.dim()]
+    assert dim >= 2, "dims 0 and 1 are batch and time"
+    (f0, f1), (p0, p1) = future.indices(size)[:2], past.indices(size)[:2]
+    if f1 <= f0 and p1 <= p0:
+        return x
+    assert f1 <= f0 or p1 <= p0 or f1 <= p0 or p1 <= f0, f"future {future} and past {past} overlap"
+    return _TemporalShift.apply(x, (f0, f1), (p0, p1), dim)
 
 
 def check_shift(shift: str) -> str:
@@ -73,7 +93,7 @@ class NoTemporalMix(nn.Module):
 class HeadShift(nn.Module):
     """MSCA: the first `fold` heads read frame t+1, the last `fold` read t-1, for the tensors in `shift`."""
 
-    dim = 2  # q/k/v are (B, T, h, N, d)
+    dim = 3  # the head axis of q/k/v (B, T, N, h, d)
 
     def __init__(self, shift: str = "kv", shift_div: int = 12):
         super().__init__()
@@ -84,7 +104,7 @@ class HeadShift(nn.Module):
         fold = h // self.shift_div
         return slice(0, fold), slice(h - fold, h)
 
-    def forward(self, q, k, v):  # each (B, T, h, N, d)
+    def forward(self, q, k, v):  # each (B, T, N, h, d)
         future, past = self.slices(q)
         return tuple(temporal_shift(t, future, past, self.dim) if name in self.shift else t
                      for name, t in zip("qkv", (q, k, v)))
@@ -96,7 +116,7 @@ class HeadShift(nn.Module):
 class PatchShift(HeadShift):
     """MSCA patch variant: the first `fold` patch tokens read t+1, the last `fold` read t-1; CLS stays."""
 
-    dim = 3  # the token axis of (B, T, h, N, d)
+    dim = 2  # the token axis of (B, T, N, h, d)
 
     def slices(self, q):
         n = q.shape[self.dim]
@@ -139,8 +159,10 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, T, N, C)
         B, T, N, C = x.shape
         qkv = self.qkv(x).reshape(B, T, N, 3, self.num_heads, self.head_dim)  # (B, T, N, 3, h, d)
-        q, k, v = self.temporal(*qkv.permute(3, 0, 1, 4, 2, 5).unbind(0))  # each (B, T, h, N, d)
-        x = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
-                                           dropout_p=self.attn_drop if self.training else 0.0)  # (B*T, h, N, d)
+        # Shift before the head transpose: the shifted copies keep the Linear's (N, h, d) memory order, so SDPA
+        # sees the same strides as in the frame-wise ViT and gradients flow back into qkv without a transpose.
+        q, k, v = self.temporal(*qkv.unbind(3))  # each (B, T, N, h, d)
+        q, k, v = (t.flatten(0, 1).transpose(1, 2) for t in (q, k, v))  # each (B*T, h, N, d)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, T, N, C)  # (B, T, N, C)
         return self.proj_drop(self.proj(x))

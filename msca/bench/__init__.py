@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m msca.bench {model,data,train} [flags]`."""
