@@ -1,0 +1,84 @@
+"""Kinetics-style frame folders (local or s3://) -> clips, exactly as the original samples them.
+
+    ds = build_dataset(cfg.data, "train", seed=cfg.seed)          # VideoClipDataset
+    sampler = ResumableDistributedSampler(len(ds), rank, world, seed=cfg.seed)
+    sampler.set_epoch(epoch, start=consumed)                      # resume mid-epoch
+    loader = build_loader(ds, sampler, cfg.data.batch_size, cfg.data.num_workers, drop_last=True)
+
+Modules: `lists` (list files), `sampling` (clip indices), `decode` (JPEG), `transforms` (clip-consistent
+augmentation), `dataset`, `sampler`, `loader`, `synthetic` (the embedded default dataset), `config`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from dataclasses import fields
+from typing import Tuple
+
+from msca.data.config import DataConfig, SyntheticConfig
+from msca.data.dataset import BadDataError, VideoClipDataset
+from msca.data.lists import ListFormatError, VideoRecord, class_names_from_folders, parse_class_names, parse_list
+from msca.data.loader import build_loader, collate_clips
+from msca.data.sampler import ResumableDistributedSampler
+from msca.storage import Store, is_remote, open_store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataConfig", "SyntheticConfig", "VideoClipDataset", "ResumableDistributedSampler", "build_dataset",
+           "build_loader", "collate_clips", "BadDataError", "ListFormatError", "VideoRecord", "open_list"]
+
+
+def _resolve(root: Store, path: str, endpoint_url=None) -> Tuple[Store, str]:
+    """A list path relative to the root, or an absolute path / s3:// URI: (store, key)."""
+    if is_remote(path) or os.path.isabs(path):
+        parent, name = posixpath.split(path.rstrip("/")) if is_remote(path) else os.path.split(path)
+        return open_store(parent, endpoint_url=endpoint_url if is_remote(path) else None), name
+    return root, path
+
+
+def open_list(cfg: DataConfig, split: str):
+    """(frame store, parsed VideoList, class names or None) for a split."""
+    store = open_store(cfg.root, endpoint_url=cfg.endpoint_url)
+    path = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
+    lst_store, key = _resolve(store, path, cfg.endpoint_url)
+    try:
+        text = lst_store.read_text(key)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{split} list not found: {e} (data.root={cfg.root}, list={path})") from None
+    vl = parse_list(text, source=lst_store.url(key), use_subset=cfg.use_subset)
+    names = vl.class_names
+    if names is None:
+        classes_key = posixpath.join(posixpath.dirname(key), "classes.txt")
+        if lst_store.exists(classes_key):
+            names = parse_class_names(lst_store.read_text(classes_key))
+        else:
+            names = class_names_from_folders(vl.records)
+    return store, vl, names
+
+
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDataset:
+    """train: one random clip + train augmentation per item; val: `val_clips` x `test_crops` views;
+    test: `test_clips` x `test_crops` views. With `cfg.synthetic` set, the dataset is generated at `cfg.root`
+    first if its list files are missing (idempotent, safe across ranks)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    if cfg.synthetic is not None:
+        from msca.data.synthetic import ensure_synthetic
+        syn = SyntheticConfig(**{f.name: getattr(cfg.synthetic, f.name) for f in fields(SyntheticConfig)})
+        ensure_synthetic(open_store(cfg.root, endpoint_url=cfg.endpoint_url), syn, cfg.frame_format)
+    store, vl, names = open_list(cfg, split)
+    if not vl.records:
+        raise ValueError(f"{vl.source}: the {split} list is empty")
+    num_classes = len(names) if names else None
+    if names and max(r.label for r in vl.records) >= len(names):
+        raise ValueError(f"{vl.source}: label {max(r.label for r in vl.records)} but only {len(names)} classes")
+    train = split == "train"
+    return VideoClipDataset(
+        store, vl.records, train=train, frame_format=cfg.frame_format, num_frames=cfg.num_frames,
+        stride=cfg.stride, sampling=cfg.sampling, crop_size=cfg.crop_size,
+        train_short_side=tuple(cfg.train_short_side), test_short_side=cfg.test_short_side,
+        clips=cfg.test_clips if split == "test" else cfg.val_clips, crops=cfg.test_crops, flip=cfg.flip,
+        color_jitter_prob=cfg.color_jitter_prob, mean=cfg.mean, std=cfg.std, seed=seed,
+        max_bad_fraction=cfg.max_bad_fraction, io_workers=cfg.io_workers, class_names=names,
+        num_classes=num_classes, name=f"{cfg.name}/{split}")

@@ -1,0 +1,34 @@
+"""DataLoader assembly: a deterministic collate and single-threaded workers.
+
+Workers are persistent (no re-fork each epoch; the sampler carries the epoch in every item) and use one torch
+thread each, so N workers use N cores instead of N x cores.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def collate_clips(samples: List[dict]) -> dict:
+    """video stacked (B, ...) float32; label, index, bad_frames, skipped as (B,) LongTensors."""
+    return {"video": torch.stack([s["video"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "bad_frames": torch.tensor([s.get("bad_frames", 0) for s in samples], dtype=torch.long),
+            "skipped": torch.tensor([s.get("skipped", 0) for s in samples], dtype=torch.long)}
+
+
+def worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, drop_last: bool = False,
+                 pin_memory: bool = False) -> DataLoader:
+    """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`)."""
+    kw = {}
+    if num_workers > 0:
+        kw = dict(persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last, **kw)
