@@ -31,6 +31,7 @@ def parse(argv):
     p.add_argument("--iters", type=int, default=None, help="timed steps per model (default 15 small, 3 b16)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     return p.parse_args(argv)
 
 
@@ -85,6 +86,8 @@ def bench_size(size, args, device):
 def main(argv=None):
     args = parse(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"# model step time (forward+backward), torch {torch.__version__}, {where}, "

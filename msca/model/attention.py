@@ -2,9 +2,9 @@
 
 Activations keep time as an explicit axis, (B, T, N, C), so a temporal step needs no frame count: it shifts
 along dim 1. Every variant is one call to `temporal_shift`, which moves slices of a tensor one frame forward
-or back with zero frames at the clip's ends (no wrap-around), built with a pad and one cat so the result is an
-ordinary contiguous tensor and any SDPA kernel runs unchanged (zero keys/values reproduce the reference
-zeros_like + slice-copy semantics exactly).
+or back with zero frames at the clip's ends (no wrap-around), built with a pad and one cat (its backward is the
+opposite shift, one more cat), so the result is an ordinary tensor and any SDPA kernel runs unchanged: zero
+keys/values reproduce the reference's zeros_like + slice-copy semantics exactly.
 
 Variants (who reads frame t+1 / t-1; everything else reads frame t):
 - `NoTemporalMix`  frame-wise ViT.
