@@ -155,7 +155,8 @@ class VideoClipDataset(Dataset):
 
     def _fetch(self, rec: VideoRecord, indices: List[int], decoded: dict, min_short: int) -> None:
         keys = [self.frame_key(rec, i) for i in indices]
-        for i, k, data in zip(indices, keys, self.store.read_many(keys, self.io_workers)):
+        for pos, data in self.store.iter_many(keys, self.io_workers):   # decode each frame as it arrives
+            i, k = indices[pos], keys[pos]
             if isinstance(data, Exception):
                 if not isinstance(data, FileNotFoundError):
                     raise data
