@@ -1,4 +1,5 @@
-"""Forward+backward step time of the model variants, interleaved in one run so machine noise hits all alike.
+"""Forward+backward step time of the model variants, interleaved in one run so machine noise hits all alike
+(on a shared machine the min ratio is the steadier number).
 
     python -m msca.bench model                                # small and B/16 sizes, defaults sized for 2 CPU cores
     python -m msca.bench model --sizes b16 --batch 8 --iters 50   # on a GPU: bf16 autocast + flash SDPA
@@ -75,11 +76,12 @@ def bench_size(size, args, device):
             dt = step(models[n], x, y, device)
             if i >= args.warmup:
                 times[n].append(dt)
-    base = statistics.median(times[names[0]])
+    base, base_min = statistics.median(times[names[0]]), min(times[names[0]])
     rows = []
     for n in names:
-        med = statistics.median(times[n])
-        rows.append(f"| {size} | B={B} T={T} | {n} | {med * 1e3:.1f} | {min(times[n]) * 1e3:.1f} | {med / base:.3f} |")
+        med, lo = statistics.median(times[n]), min(times[n])
+        rows.append(f"| {size} | B={B} T={T} | {n} | {med * 1e3:.1f} | {lo * 1e3:.1f} | {med / base:.3f} "
+                    f"| {lo / base_min:.3f} |")
     return rows
 
 
@@ -92,8 +94,9 @@ def main(argv=None):
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"# model step time (forward+backward), torch {torch.__version__}, {where}, "
           f"{'bf16 autocast + flash SDPA' if device.type == 'cuda' else 'fp32'}")
-    print(f"| size | batch | model | median ms | min ms | / {args.models.split(',')[0]} |")
-    print("|---|---|---|---|---|---|")
+    base = args.models.split(",")[0]
+    print(f"| size | batch | model | median ms | min ms | median / {base} | min / {base} |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for row in bench_size(size, args, device):
             print(row, flush=True)
