@@ -23,7 +23,9 @@ class SyntheticConfig:
     frames: int = 32
     height: int = 64
     width: int = 86
-    speed: float = 1.0          # pixels per frame of the slowest class; class pair j moves at (2j+1)*speed
+    kind: str = "hue"           # "hue": colour cycling forward/backward (default); "scroll": vertical motion
+    speed: float = 1.0          # scroll: px/frame of the slowest class; class pair j moves at (2j+1)*speed
+    hue_speed: float = 0.01     # hue: turns/frame of the slowest class; class pair j turns at (2j+1)*hue_speed
     quality: int = 90           # JPEG quality
     seed: int = 0
 

@@ -3,7 +3,16 @@
     python -m msca.data.synthetic OUT --classes 4 --videos-per-class 24 [--val-videos-per-class 8] ...
     (OUT: a local directory or s3://bucket/prefix)
 
-Every video is a random, doubly periodic colour texture (filtered noise plus soft-edged blobs and bars)
+Two kinds (`SyntheticConfig.kind`), both with a class that is *only* visible across time:
+
+hue (the default): the texture's colours cycle around the colour wheel (a rotation of each pixel's chroma about
+the grey axis). Class pair j turns at (2j+1) * hue_speed turns per frame, forwards for even c and backwards for
+odd c, from a uniformly random starting hue, while the texture itself drifts in a random, class-independent
+direction. Every single frame has the same distribution in every class (uniform hue); a clip of one direction
+is a time-reversed clip of the other. A tiny MSCA learns it in a few hundred steps on a CPU; a frame-wise ViT
+stays at chance.
+
+scroll: every video is a random, doubly periodic colour texture (filtered noise plus soft-edged blobs and bars)
 scrolling over the frame. Class c sets the *vertical* velocity: class pair j = c // 2 moves at (2j+1) * speed
 pixels per frame, down for even c and up for odd c. Every video also drifts horizontally at a random
 class-independent velocity in [-speed, speed] (a nuisance), and starts at a uniformly random phase.
@@ -54,6 +63,11 @@ def class_names(n: int, speed: float = 1.0) -> List[str]:
             for c in range(n)]
 
 
+def hue_class_names(n: int, hue_speed: float) -> List[str]:
+    return [f"hue_{'fwd' if hue_velocity(c, hue_speed) > 0 else 'back'}_{abs(hue_velocity(c, hue_speed)):g}"
+            for c in range(n)]
+
+
 def _texture_spectrum(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """rfft2 of one random periodic RGB texture, (h, w//2+1, 3) complex."""
     ky = np.fft.fftfreq(h)[:, None]
@@ -92,6 +106,32 @@ def render_video(rng: np.random.Generator, frames: int, h: int, w: int, vy: floa
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
+def hue_velocity(c: int, hue_speed: float) -> float:
+    """Turns per frame of class c's colour cycling (+ is forwards)."""
+    return (2 * (c // 2) + 1) * hue_speed * (1 if c % 2 == 0 else -1)
+
+
+def rotate_chroma(video: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """Rotate each frame's colours about the grey axis: video (F, h, w, 3) float, turns (F,) -> (F, h, w, 3)."""
+    k = np.full(3, 1 / np.sqrt(3))
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    theta = 2 * np.pi * turns[:, None, None]  # (F, 1, 1)
+    rot = (np.cos(theta) * np.eye(3) + np.sin(theta) * cross + (1 - np.cos(theta)) * np.outer(k, k))  # (F, 3, 3)
+    return np.einsum("fhwc,fdc->fhwd", video, rot)
+
+
+def render_hue_video(rng: np.random.Generator, frames: int, h: int, w: int, turns_per_frame: float,
+                     drift: float) -> np.ndarray:
+    """(frames, h, w, 3) uint8: a drifting texture whose hue cycles at `turns_per_frame` from a random phase."""
+    angle = rng.uniform(0, 2 * np.pi)
+    tex = render_video(rng, frames, h, w, drift * np.sin(angle), drift * np.cos(angle)).astype(np.float32)
+    grey = tex.mean(axis=-1, keepdims=True)  # (F, h, w, 1)
+    chroma = tex - grey
+    chroma *= 60.0 / (chroma.std() + 1e-6)  # saturated enough that hue is well defined
+    turns = rng.uniform(0, 1) + turns_per_frame * np.arange(frames)
+    return np.clip(np.rint(grey + rotate_chroma(chroma, turns)), 0, 255).astype(np.uint8)
+
+
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     """(h, w, 3) uint8 -> JPEG bytes, 4:2:0 like ffmpeg-extracted frames."""
     try:
@@ -109,7 +149,9 @@ def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}
              io_workers: int = 16) -> dict:
     """Write the whole dataset under `store` (frames first, list files last). Deterministic in `cfg.seed`."""
     t0 = time.time()
-    names = class_names(cfg.classes, cfg.speed)
+    if cfg.kind not in ("hue", "scroll"):
+        raise ValueError(f"data.synthetic.kind={cfg.kind!r} is not one of ['hue', 'scroll']")
+    names = class_names(cfg.classes, cfg.speed) if cfg.kind == "scroll" else hue_class_names(cfg.classes, cfg.hue_speed)
     lists = {}
     for split_id, (split, per_class) in enumerate((("train", cfg.videos_per_class),
                                                    ("val", cfg.val_videos_per_class))):
@@ -117,8 +159,12 @@ def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}
         for c in range(cfg.classes):
             for v in range(per_class):
                 rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, split_id, c, v])))
-                vx = rng.uniform(-cfg.speed, cfg.speed)
-                video = render_video(rng, cfg.frames, cfg.height, cfg.width, class_velocity(c, cfg.speed), vx)
+                if cfg.kind == "hue":
+                    video = render_hue_video(rng, cfg.frames, cfg.height, cfg.width,
+                                             hue_velocity(c, cfg.hue_speed), rng.uniform(0, cfg.speed))
+                else:
+                    vx = rng.uniform(-cfg.speed, cfg.speed)
+                    video = render_video(rng, cfg.frames, cfg.height, cfg.width, class_velocity(c, cfg.speed), vx)
                 path = f"frames_{split}/{names[c]}/{split}_{c:03d}_{v:05d}"
                 store.write_many([(f"{path}/{frame_format.format(i + 1)}", encode_jpeg(f, cfg.quality))
                                   for i, f in enumerate(video)], max_workers=io_workers)
@@ -180,7 +226,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--frames", type=int, default=d.frames)
     ap.add_argument("--height", type=int, default=d.height)
     ap.add_argument("--width", type=int, default=d.width)
-    ap.add_argument("--speed", type=float, default=d.speed, help="px/frame of the slowest class")
+    ap.add_argument("--kind", default=d.kind, choices=["hue", "scroll"])
+    ap.add_argument("--speed", type=float, default=d.speed, help="scroll: px/frame of the slowest class")
+    ap.add_argument("--hue-speed", type=float, default=d.hue_speed, help="hue: turns/frame of the slowest class")
     ap.add_argument("--quality", type=int, default=d.quality)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--frame-format", default="img_{:05d}.jpg")
@@ -189,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = SyntheticConfig(classes=a.classes, videos_per_class=a.videos_per_class,
                           val_videos_per_class=a.val_videos_per_class, frames=a.frames, height=a.height,
-                          width=a.width, speed=a.speed, quality=a.quality, seed=a.seed)
+                          width=a.width, kind=a.kind, speed=a.speed, hue_speed=a.hue_speed, quality=a.quality, seed=a.seed)
     info = generate(open_store(a.out, endpoint_url=a.endpoint_url), cfg, a.frame_format)
     print(json.dumps(info))
     return 0
