@@ -10,7 +10,8 @@
 # Env: SEAWEEDFS_PORT (S3 port, default 8333; the other services use PORT+1..PORT+8 and PORT+10008),
 #      SEAWEEDFS_ACCESS_KEY / SEAWEEDFS_SECRET_KEY (default devkey / devsecret123), SEAWEEDFS_BUCKETS (comma list
 #      created at start), WEED (binary; default: `weed` next to this venv's python or on PATH),
-#      PYTHON (with boto3, for the readiness probe), SEAWEEDFS_START_TIMEOUT (s, default 60).
+#      PYTHON (with boto3, for the readiness probe), SEAWEEDFS_START_TIMEOUT (s, default 60),
+#      SEAWEEDFS_CPUS (optional taskset CPU list, e.g. "1": keep the server off a benchmarked client's core).
 # Why every port is explicit: `weed mini` otherwise listens on fixed ports (9333, 8888, ...), so two instances
 # (parallel test sessions) would collide, and a second one silently fails to bind while clients talk to the first.
 set -euo pipefail
@@ -39,8 +40,9 @@ start)
         -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock")
   [ -n "${SEAWEEDFS_BUCKETS:-}" ] && args+=(-bucket="$SEAWEEDFS_BUCKETS")
   # Credentials are read from the env at start-up; TMPDIR keeps glog files out of /tmp.
+  pin=(); [ -n "${SEAWEEDFS_CPUS:-}" ] && command -v taskset >/dev/null && pin=(taskset -c "$SEAWEEDFS_CPUS")
   ( cd "$dir" && TMPDIR="$dir/tmp" AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" \
-      exec setsid "$weed" "${args[@]}" >"$log" 2>&1 </dev/null ) &
+      exec setsid "${pin[@]}" "$weed" "${args[@]}" >"$log" 2>&1 </dev/null ) &
   echo $! >"$pidfile"
   endpoint="http://127.0.0.1:$port"
   printf 'export AWS_ACCESS_KEY_ID=%s\nexport AWS_SECRET_ACCESS_KEY=%s\nexport AWS_DEFAULT_REGION=us-east-1\nexport MSCA_S3_ENDPOINT=%s\n' \

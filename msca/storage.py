@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, urlsplit
 
@@ -139,31 +139,33 @@ class Store:
         Returned in the order of `keys`. Errors are values, not raised, so a caller can replace one bad frame
         without losing the others.
         """
-        def one(k):
-            try:
-                return self.read_bytes(k)
-            except Exception as e:  # noqa: BLE001 - handed back to the caller by design
-                return e
         keys = list(keys)
         if max_workers <= 1 or len(keys) <= 1:
-            return [one(k) for k in keys]
-        return list(_pool(max_workers).map(one, keys))
+            return [self._read_or_error(k) for k in keys]
+        return list(_pool(max_workers).map(self._read_or_error, keys))
 
-    def iter_many(self, keys: Sequence[str], max_workers: int = 8) -> Iterator[Tuple[int, object]]:
+    def _read_or_error(self, key: str):
+        try:
+            return self.read_bytes(key)
+        except Exception as e:  # noqa: BLE001 - handed back to the caller by design
+            return e
+
+    def submit_read(self, key: str, max_workers: int = 8) -> Future:
+        """Start reading `key` in the background; the future's result is the bytes or the exception."""
+        return _pool(max_workers).submit(self._read_or_error, key)
+
+    def iter_many(self, keys: Sequence[str], max_workers: int = 8,
+                  started: Optional[dict] = None) -> Iterator[Tuple[int, object]]:
         """Like `read_many`, but yields (position, bytes | exception) as each read completes, so a caller can
-        decode one frame while the others are still in flight."""
-        def one(k):
-            try:
-                return self.read_bytes(k)
-            except Exception as e:  # noqa: BLE001 - handed back to the caller by design
-                return e
+        decode one frame while the others are still in flight. `started` maps keys to futures from
+        `submit_read` (read-ahead); those are used instead of new reads."""
         keys = list(keys)
-        if max_workers <= 1 or len(keys) <= 1:
+        started = started or {}
+        if (max_workers <= 1 or len(keys) <= 1) and not started:
             for i, k in enumerate(keys):
-                yield i, one(k)
+                yield i, self._read_or_error(k)
             return
-        pool = _pool(max_workers)
-        futures = {pool.submit(one, k): i for i, k in enumerate(keys)}
+        futures = {(started.pop(k, None) or self.submit_read(k, max_workers)): i for i, k in enumerate(keys)}
         for f in as_completed(futures):
             yield futures[f], f.result()
 

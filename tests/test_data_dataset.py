@@ -13,7 +13,8 @@ from msca.data import (BadDataError, DataConfig, ListFormatError, ResumableDistr
 from msca.data.synthetic import TRAIN_LIST, ensure_synthetic
 from msca.storage import open_store
 
-TINY = SyntheticConfig(classes=2, videos_per_class=4, val_videos_per_class=2, frames=12, height=24, width=32)
+TINY = SyntheticConfig(classes=2, videos_per_class=4, val_videos_per_class=2, frames=12, height=24, width=32,
+                       kind="scroll")
 
 
 def tiny_cfg(root, **kw):

@@ -74,6 +74,12 @@ class VideoClipDataset(Dataset):
         self._bad_files: Dict[str, str] = {}        # url -> reason (first few hundred)
         self._videos_bad: set = set()               # list indices with >= 1 replaced frame
         self._unreadable: Dict[int, str] = {}       # list index -> video url
+        self._ahead: dict = {}                      # frame key -> future of its bytes (read-ahead)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ahead"] = {}                        # futures belong to this process's threads
+        return state
 
     # --- Dataset API ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -84,22 +90,56 @@ class VideoClipDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, item: Union[int, Tuple[int, int]]) -> dict:
-        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence) -> List[dict]:
+        """A batch of samples (the DataLoader calls this when defined). The frames of every clip in the batch
+        are fetched concurrently and each is decoded as it arrives, so storage latency hides behind decoding."""
+        keys = [(int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))
+                for it in items]
         n = len(self.records)
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} videos")
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._unreadable:
-                continue
-            out = self._load(j, epoch, index)
-            if out is not None:
-                video, bad = out
-                return {"video": video, "label": self.records[j].label, "index": index,
-                        "bad_frames": bad, "skipped": int(j != index)}
-            self._mark_unreadable(j)
-        raise BadDataError(f"{self.name or 'dataset'}: no readable video among {n} (e.g. "
-                           f"{', '.join(list(self._unreadable.values())[:5])})")
+        for _, index in keys:
+            if not 0 <= index < n:
+                raise IndexError(f"index {index} out of range for {n} videos")
+        plans = [self._plan(index, epoch, index) if index not in self._unreadable else None
+                 for epoch, index in keys]
+        flat = [(b, i) for b, pl in enumerate(plans) if pl for i in pl[0]]
+        decoded = [dict() for _ in plans]
+        results: list = [None] * len(keys)
+        pending = [len(pl[0]) if pl else 0 for pl in plans]
+
+        def arrived(b):             # a clip whose frames are all in is transformed while the rest download
+            pending[b] -= 1
+            if pending[b] == 0 and all(v is not None for v in decoded[b].values()):
+                results[b] = self._finish(keys[b][1], plans[b], decoded[b])
+
+        if flat:
+            self._fetch_into([(self.records[keys[b][1]], i) for b, i in flat], [(decoded[b], i) for b, i in flat],
+                             [plans[b][1] for b, _ in flat], on_frame=[lambda b=b: arrived(b) for b, _ in flat])
+        out = []
+        for b, (epoch, index) in enumerate(keys):
+            res = results[b]
+            if res is None and plans[b]:
+                res = self._finish(index, plans[b], decoded[b])     # bad frames: replaced here
+            if res is None:
+                res = self._substitute(epoch, index)
+            video, bad, j = res
+            out.append({"video": video, "label": self.records[j].label, "index": index, "bad_frames": bad,
+                        "skipped": int(j != index)})
+        return out
+
+    def prefetch(self, items: Sequence) -> None:
+        """Start downloading the frames of `items` (e.g. the next batch) so they arrive while the current
+        batch decodes. Only bytes are read ahead; results are identical with or without it."""
+        if len(self._ahead) > 4096:                 # unconsumed read-ahead (end of an epoch): drop it
+            self._ahead.clear()
+        for it in items:
+            epoch, index = (int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))
+            plan = self._plan(index, epoch, index) if index not in self._unreadable else None
+            for i in plan[0] if plan else ():
+                key = self.frame_key(self.records[index], i)
+                if key not in self._ahead:
+                    self._ahead[key] = self.store.submit_read(key, self.io_workers)
 
     @property
     def stats(self) -> dict:
@@ -107,79 +147,98 @@ class VideoClipDataset(Dataset):
         return {"bad_frames": self._bad_frames, "videos_with_bad_frames": len(self._videos_bad),
                 "videos_skipped": len(self._unreadable), "bad_files": list(self._bad_files)[:20]}
 
-    # --- loading ----------------------------------------------------------------------------------------------
-    def _load(self, j: int, epoch: int, index: int) -> Optional[Tuple[torch.Tensor, int]]:
-        """Video j with the randomness of sample (epoch, index); None when no frame of j is readable."""
+    # --- loading: plan (which frames, which parameters) -> fetch + decode -> finish (transform) ---------------
+    def _plan(self, j: int, epoch: int, index: int):
+        """(1-based frames to read, min decoded short side, transform) for video j with the randomness of
+        sample (epoch, index); None if the list says j has no frames."""
         rec = self.records[j]
         if rec.num_frames <= 0:
             return None
         if self.train:
             rng_s = sample_rng(self.seed, epoch, index, SAMPLING_STREAM)
             rng_a = sample_rng(self.seed, epoch, index, AUGMENT_STREAM)
-            idx = train_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, rng_s)   # (T,)
+            idx = train_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, rng_s)    # (T,)
             p = draw_train_params(rng_a, self.train_short_side, self.flip, self.color_jitter_prob)
-            got = self._read_frames(j, list(idx), min_short=p.short_side)
-            if got is None:
-                return None
-            frames, bad = got
-            return train_clip(frames, p, self.crop_size, self.mean, self.std), bad              # (T, 3, c, c)
-        clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)  # (n, T)
+            return (sorted(set(int(i) for i in idx)), p.short_side,
+                    lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std))
+        clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)   # (n, T)
         uniq, inv = np.unique(clips, return_inverse=True)
-        got = self._read_frames(j, [int(u) for u in uniq], min_short=self.test_short_side)
-        if got is None:
-            return None
-        frames, bad = got
-        video = eval_views(frames, inv.reshape(clips.shape), self.test_short_side, self.crop_size, self.crops,
-                           self.mean, self.std)                                                # (V, T, 3, c, c)
-        return video, bad
+        return ([int(u) for u in uniq], self.test_short_side,
+                lambda fr: eval_views([fr[int(u)] for u in uniq], inv.reshape(clips.shape), self.test_short_side,
+                                      self.crop_size, self.crops, self.mean, self.std))     # (V, T, 3, c, c)
+
+    def _finish(self, j: int, plan, decoded: dict):
+        """(video, frames replaced, j), or None when no frame of video j is readable."""
+        need, min_short, transform = plan
+        bad = [i for i in need if decoded.get(i) is None]
+        if bad:
+            rec = self.records[j]
+            repl = {i: self._nearest(rec, i, decoded, min_short) for i in bad}   # from readable frames only
+            if any(r is None for r in repl.values()):
+                return None
+            decoded.update(repl)
+            self._bad_frames += len(bad)
+            self._videos_bad.add(j)
+            self._check_fraction()
+        return transform(decoded), len(bad), j
+
+    def _substitute(self, epoch: int, index: int):
+        """Video `index` is unreadable: the next readable video in list order, with (epoch, index) randomness."""
+        n = len(self.records)
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._unreadable:
+                continue
+            plan = self._plan(j, epoch, index)
+            if plan is not None:
+                decoded: dict = {}
+                self._fetch(self.records[j], plan[0], decoded, plan[1])
+                res = self._finish(j, plan, decoded)
+                if res is not None:
+                    return res
+            self._mark_unreadable(j)
+        raise BadDataError(f"{self.name or 'dataset'}: no readable video among {n} (e.g. "
+                           f"{', '.join(list(self._unreadable.values())[:5])})")
 
     def frame_key(self, rec: VideoRecord, i: int) -> str:
         return f"{rec.path}/{self.frame_format.format(i)}"
 
-    def _read_frames(self, j: int, indices: List[int], min_short: int):
-        """Decoded frames for 1-based `indices` of video j (bad ones replaced), and the number replaced."""
-        rec = self.records[j]
-        decoded: Dict[int, Optional[np.ndarray]] = {}
-        self._fetch(rec, sorted(set(indices)), decoded, min_short)
-        bad = [i for i in indices if decoded[i] is None]
-        if not bad:
-            return [decoded[i] for i in indices], 0
-        for i in sorted(set(bad)):
-            if self._nearest(rec, i, decoded, min_short) is None:
-                return None
-        self._bad_frames += len(bad)
-        self._videos_bad.add(j)
-        self._check_fraction()
-        return [decoded[i] if decoded[i] is not None else self._nearest(rec, i, decoded, min_short)
-                for i in indices], len(bad)
-
     def _fetch(self, rec: VideoRecord, indices: List[int], decoded: dict, min_short: int) -> None:
-        keys = [self.frame_key(rec, i) for i in indices]
-        for pos, data in self.store.iter_many(keys, self.io_workers):   # decode each frame as it arrives
-            i, k = indices[pos], keys[pos]
+        """Read and decode frames `indices` of one video into `decoded` (None for a missing/corrupt frame)."""
+        self._fetch_into([(rec, i) for i in indices], [(decoded, i) for i in indices], [min_short] * len(indices))
+
+    def _fetch_into(self, frames, targets, min_shorts, on_frame=None) -> None:
+        """Read (record, frame index) pairs concurrently; decode each into targets[pos] = (dict, index) as it
+        arrives (None if missing/corrupt), then call on_frame[pos]()."""
+        keys = [self.frame_key(rec, i) for rec, i in frames]
+        for pos, data in self.store.iter_many(keys, self.io_workers, started=self._ahead):  # decode on arrival
+            target, i = targets[pos]
             if isinstance(data, Exception):
                 if not isinstance(data, FileNotFoundError):
                     raise data
-                self._note_bad(k, "missing")
-                decoded[i] = None
-                continue
-            try:
-                decoded[i] = decode_rgb(data, min_short)
-            except DecodeError as e:
-                self._note_bad(k, f"corrupt ({e})")
-                decoded[i] = None
+                self._note_bad(keys[pos], "missing")
+                target[i] = None
+            else:
+                try:
+                    target[i] = decode_rgb(data, min_shorts[pos])
+                except DecodeError as e:
+                    self._note_bad(keys[pos], f"corrupt ({e})")
+                    target[i] = None
+            if on_frame is not None:
+                on_frame[pos]()
 
     def _nearest(self, rec: VideoRecord, i: int, decoded: dict, min_short: int) -> Optional[np.ndarray]:
         """The readable frame closest to i (previous first on a tie), probing io_workers frames at a time."""
         order = []
         for d in range(1, rec.num_frames):
             order += [c for c in (i - d, i + d) if 1 <= c <= rec.num_frames]
+        probed = dict(decoded)                      # extra probes stay local to this search
         for pos, c in enumerate(order):
-            if c not in decoded:
-                batch = [x for x in order[pos:pos + 4 * max(self.io_workers, 1)] if x not in decoded]
-                self._fetch(rec, batch[:max(self.io_workers, 1)], decoded, min_short)
-            if decoded[c] is not None:
-                return decoded[c]
+            if c not in probed:
+                batch = [x for x in order[pos:pos + 4 * max(self.io_workers, 1)] if x not in probed]
+                self._fetch(rec, batch[:max(self.io_workers, 1)], probed, min_short)
+            if probed[c] is not None:
+                return probed[c]
         return None
 
     # --- bad-input bookkeeping --------------------------------------------------------------------------------

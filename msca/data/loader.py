@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 def collate_clips(samples: List[dict]) -> dict:
@@ -24,11 +24,39 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+class ReadAheadBatchSampler(Sampler):
+    """Batches of `sampler`; before handing out batch k it asks the dataset to start fetching batch k+1.
+
+    Used when loading in the main process (num_workers=0), where nothing else overlaps storage latency with
+    decoding. With workers, the DataLoader's own prefetching across workers does that job.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, dataset):
+        self.batches = BatchSampler(sampler, batch_size, drop_last)
+        self.dataset = dataset
+
+    def __iter__(self):
+        it = iter(self.batches)
+        nxt = next(it, None)
+        while nxt is not None:
+            cur, nxt = nxt, next(it, None)
+            if nxt is not None:
+                self.dataset.prefetch(nxt)
+            yield cur
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, drop_last: bool = False,
                  pin_memory: bool = False) -> DataLoader:
     """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`)."""
-    kw = {}
     if num_workers > 0:
-        kw = dict(persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last, **kw)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last,
+                          persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
+    if hasattr(dataset, "prefetch"):
+        return DataLoader(dataset, batch_sampler=ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset),
+                          collate_fn=collate_clips, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips,
+                      pin_memory=pin_memory, drop_last=drop_last)
