@@ -221,3 +221,13 @@ def test_synthetic_on_s3_and_wrong_credentials(s3_env, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(StoreAuthError, match="AWS_SECRET_ACCESS_KEY"):
         build_dataset(tiny_cfg(uri), "train")
+
+
+def test_eval_loader_over_an_index_list_with_read_ahead(root):
+    """The evaluator passes a plain list of indices; the main-process loader reads the next batch ahead."""
+    ds = build_dataset(tiny_cfg(root), "val")
+    batches = list(build_loader(ds, [3, 0, 2], 2, 0))
+    assert [b["index"].tolist() for b in batches] == [[3, 0], [2]]
+    assert batches[0]["video"].shape == (2, 6, 4, 3, 16, 16)
+    assert torch.equal(batches[1]["video"][0], build_dataset(tiny_cfg(root), "val")[2]["video"])
+    assert not ds._ahead                                      # every read-ahead frame was consumed

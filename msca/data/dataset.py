@@ -16,7 +16,12 @@ Bad input (frames that are missing or do not decode):
     `BadDataError` is raised naming the files.
 Other storage errors (credentials, missing bucket, network after retries) are raised, never counted.
 Counters live in the process that loads: `stats` in the main process sees only `num_workers=0` loading;
-every sample also carries its own `bad_frames` / `skipped` counts, which the collate sums per batch.
+every sample also carries its own `bad_frames` / `skipped` counts, which the collate returns per batch.
+
+Throughput: the DataLoader calls `__getitems__` with a whole batch; every frame of every clip is requested at
+once (`Store.iter_many`, `io_workers` threads), decoded as it arrives, and each clip is transformed as soon as
+its frames are in, so storage latency overlaps decoding. `prefetch(items)` starts the next batch's reads early
+(`build_loader` does this when loading in the main process). None of this changes a single output value.
 """
 from __future__ import annotations
 
@@ -131,7 +136,7 @@ class VideoClipDataset(Dataset):
     def prefetch(self, items: Sequence) -> None:
         """Start downloading the frames of `items` (e.g. the next batch) so they arrive while the current
         batch decodes. Only bytes are read ahead; results are identical with or without it."""
-        if len(self._ahead) > 4096:                 # unconsumed read-ahead (end of an epoch): drop it
+        if len(self._ahead) > 1024:                 # unconsumed read-ahead (a loop left early): drop it
             self._ahead.clear()
         for it in items:
             epoch, index = (int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))

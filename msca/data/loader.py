@@ -31,17 +31,25 @@ class ReadAheadBatchSampler(Sampler):
     decoding. With workers, the DataLoader's own prefetching across workers does that job.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, dataset):
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, dataset, depth: int = 1):
         self.batches = BatchSampler(sampler, batch_size, drop_last)
-        self.dataset = dataset
+        self.dataset, self.depth = dataset, depth
 
     def __iter__(self):
         it = iter(self.batches)
-        nxt = next(it, None)
-        while nxt is not None:
-            cur, nxt = nxt, next(it, None)
+        ahead = []
+        for b in it:
+            ahead.append(b)
+            if len(ahead) > self.depth:
+                break
+        for b in ahead[1:]:
+            self.dataset.prefetch(b)
+        while ahead:
+            cur = ahead.pop(0)
+            nxt = next(it, None)
             if nxt is not None:
                 self.dataset.prefetch(nxt)
+                ahead.append(nxt)
             yield cur
 
     def __len__(self) -> int:
@@ -49,14 +57,14 @@ class ReadAheadBatchSampler(Sampler):
 
 
 def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, drop_last: bool = False,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, read_ahead: int = 1) -> DataLoader:
     """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`)."""
     if num_workers > 0:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                           collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last,
                           persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
     if hasattr(dataset, "prefetch"):
-        return DataLoader(dataset, batch_sampler=ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset),
+        return DataLoader(dataset, batch_sampler=ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead),
                           collate_fn=collate_clips, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips,
                       pin_memory=pin_memory, drop_last=drop_last)
