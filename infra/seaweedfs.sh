@@ -45,8 +45,8 @@ start)
       exec setsid "${pin[@]}" "$weed" "${args[@]}" >"$log" 2>&1 </dev/null ) &
   echo $! >"$pidfile"
   endpoint="http://127.0.0.1:$port"
-  printf 'export AWS_ACCESS_KEY_ID=%s\nexport AWS_SECRET_ACCESS_KEY=%s\nexport AWS_DEFAULT_REGION=us-east-1\nexport MSCA_S3_ENDPOINT=%s\n' \
-    "$ak" "$sk" "$endpoint" >"$envfile"
+  { echo "export AWS_ACCESS_KEY_ID=$ak"; echo "export AWS_SECRET_ACCESS_KEY=$sk"
+    echo "export AWS_DEFAULT_REGION=us-east-1"; echo "export MSCA_S3_ENDPOINT=$endpoint"; } >"$envfile"
   echo "$port" >"$dir/port"
   # Ready = an authenticated call round-trips (the S3 port opens before the filer behind it is ready).
   if ! "$py" - "$endpoint" "$ak" "$sk" "${SEAWEEDFS_START_TIMEOUT:-60}" "$pidfile" <<'EOF'

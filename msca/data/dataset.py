@@ -65,7 +65,8 @@ class VideoClipDataset(Dataset):
         frame_format.format(1)  # fail early on a bad format string
         self.store, self.records, self.train = store, list(records), train
         self.frame_format, self.num_frames, self.stride, self.sampling = frame_format, num_frames, stride, sampling
-        self.crop_size, self.train_short_side, self.test_short_side = crop_size, tuple(train_short_side), test_short_side
+        self.crop_size, self.test_short_side = crop_size, test_short_side
+        self.train_short_side = tuple(train_short_side)
         self.clips, self.crops, self.flip, self.color_jitter_prob = clips, crops, flip, color_jitter_prob
         self.mean, self.std, self.seed = mean, std, seed
         self.max_bad_fraction, self.io_workers = max_bad_fraction, io_workers

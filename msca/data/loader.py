@@ -64,7 +64,8 @@ def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_worker
                           collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last,
                           persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
     if hasattr(dataset, "prefetch"):
-        return DataLoader(dataset, batch_sampler=ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead),
+        batches = ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead)
+        return DataLoader(dataset, batch_sampler=batches,
                           collate_fn=collate_clips, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips,
                       pin_memory=pin_memory, drop_last=drop_last)

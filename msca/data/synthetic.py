@@ -237,7 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = SyntheticConfig(classes=a.classes, videos_per_class=a.videos_per_class,
                           val_videos_per_class=a.val_videos_per_class, frames=a.frames, height=a.height,
-                          width=a.width, kind=a.kind, speed=a.speed, hue_speed=a.hue_speed, quality=a.quality, seed=a.seed)
+                          width=a.width, kind=a.kind, speed=a.speed, hue_speed=a.hue_speed, quality=a.quality,
+                          seed=a.seed)
     info = generate(open_store(a.out, endpoint_url=a.endpoint_url), cfg, a.frame_format)
     print(json.dumps(info))
     return 0
