@@ -11,7 +11,8 @@
 #      SEAWEEDFS_ACCESS_KEY / SEAWEEDFS_SECRET_KEY (default devkey / devsecret123), SEAWEEDFS_BUCKETS (comma list
 #      created at start), WEED (binary; default: `weed` next to this venv's python or on PATH),
 #      PYTHON (with boto3, for the readiness probe), SEAWEEDFS_START_TIMEOUT (s, default 60),
-#      SEAWEEDFS_CPUS (optional taskset CPU list, e.g. "1": keep the server off a benchmarked client's core).
+#      SEAWEEDFS_CPUS (optional taskset CPU list, e.g. "1": keep the server off a benchmarked client's core),
+#      SEAWEEDFS_EXTRA_ARGS (more `weed mini` flags, word-split).
 # Why every port is explicit: `weed mini` otherwise listens on fixed ports (9333, 8888, ...), so two instances
 # (parallel test sessions) would collide, and a second one silently fails to bind while clients talk to the first.
 set -euo pipefail
@@ -39,6 +40,8 @@ start)
         -filer.port.grpc=$((port + 6)) -s3.port.grpc=$((port + 7)) -admin.port=$((port + 8))
         -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock")
   [ -n "${SEAWEEDFS_BUCKETS:-}" ] && args+=(-bucket="$SEAWEEDFS_BUCKETS")
+  # shellcheck disable=SC2206
+  [ -n "${SEAWEEDFS_EXTRA_ARGS:-}" ] && args+=($SEAWEEDFS_EXTRA_ARGS)
   # Credentials are read from the env at start-up; TMPDIR keeps glog files out of /tmp.
   pin=(); [ -n "${SEAWEEDFS_CPUS:-}" ] && command -v taskset >/dev/null && pin=(taskset -c "$SEAWEEDFS_CPUS")
   ( cd "$dir" && TMPDIR="$dir/tmp" AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" \
