@@ -139,8 +139,7 @@ class CheckpointManager:
             if s not in keep:
                 tag = tag_for(s)
                 self.store.delete(f"{tag}/{MANIFEST}")  # uncommit first: a half-deleted step never looks whole
-                for key in self.store.list(tag + "/"):
-                    self.store.delete(key)
+                self.store.delete_prefix(tag + "/")
 
     # ----------------------------------------------------------------------------------------------- load
     def committed_steps(self) -> list[int]:

@@ -260,10 +260,19 @@ class LocalStore(Store):
             raise FileNotFoundError(f"{path}: no such file") from None
 
     def delete(self, key: str) -> None:
+        """Remove the file and the folders it leaves empty (object-store semantics: no empty 'folders')."""
+        path = self._path(key)
         try:
-            os.remove(self._path(key))
+            os.remove(path)
         except FileNotFoundError:
-            pass
+            return
+        parent, root = os.path.dirname(path), os.path.abspath(self.root)
+        while os.path.abspath(parent).startswith(root + os.sep):
+            try:
+                os.rmdir(parent)
+            except OSError:  # not empty (or gone)
+                break
+            parent = os.path.dirname(parent)
 
     def upload_file(self, local_path: str, key: str) -> None:
         path = self._path(key)
