@@ -122,3 +122,15 @@ def test_decoders_and_corruption():
     for bad in [b"", b"not an image", data[: len(data) // 2]]:
         with pytest.raises(DecodeError):
             decode_rgb(bad)
+
+
+def test_hue_shift_matches_hsv_reference():
+    import colorsys
+    x = torch.from_numpy(np.stack(frames(1, 6, 7))).permute(0, 3, 1, 2).contiguous()   # (1, 3, 6, 7)
+    for shift in (-0.45, -0.1, 0.2, 0.5):
+        ours = color_jitter(x, TrainAugParams(False, 8, 0, 0, hue=shift))[0].permute(1, 2, 0).numpy().astype(int)
+        ref = np.zeros_like(ours)
+        for i, j in np.ndindex(6, 7):
+            h, s, v = colorsys.rgb_to_hsv(*(x[0, :, i, j].numpy() / 255.0))
+            ref[i, j] = np.rint(np.array(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)) * 255)
+        assert np.abs(ours - ref).max() <= 1

@@ -6,10 +6,10 @@
 
 Pipelines, interleaved round by round so machine noise hits all alike, on the same (epoch, index) items:
   pil-baseline  the original's per-frame PIL path: open -> convert RGB -> flip -> BICUBIC resize of the full
-                frame -> crop -> to tensor -> normalize, frames read from local disk
+                frame -> crop -> colour jitter (torchvision's PIL ops) -> to tensor -> normalize, from local disk
   msca local    VideoClipDataset on a local directory (decode.py + transforms.py)
   msca s3       the same dataset read through the Store from S3
-Colour jitter is off in all three (p=0.1 in training; its cost is not what is compared here).
+Colour jitter runs with the training default (each op p=0.1, --jitter), with the same parameters in all three.
 All go through `build_loader` (batches of --batch clips; our dataset's `__getitems__` fetches a batch's
 frames concurrently). workers=0 loads in this process pinned to one core (the per-core number); workers=N
 uses N loader processes.
@@ -74,8 +74,8 @@ def make_videos(out: Path, videos: int, frames: int, h: int, w: int, quality: in
 class PilBaseline(torch.utils.data.Dataset):
     """Same clips and parameters as VideoClipDataset(train=True), computed frame by frame with PIL."""
 
-    def __init__(self, root: str, records, seed: int = 0):
-        self.root, self.records, self.seed = root, records, seed
+    def __init__(self, root: str, records, seed: int = 0, jitter: float = 0.1):
+        self.root, self.records, self.seed, self.jitter = root, records, seed, jitter
 
     def __len__(self):
         return len(self.records)
@@ -84,7 +84,7 @@ class PilBaseline(torch.utils.data.Dataset):
         epoch, index = item
         rec = self.records[index]
         idx = dense_train_indices(rec.num_frames, T, STRIDE, sample_rng(self.seed, epoch, index, SAMPLING_STREAM))
-        p = draw_train_params(sample_rng(self.seed, epoch, index, AUGMENT_STREAM), SHORT, True, 0.0)
+        p = draw_train_params(sample_rng(self.seed, epoch, index, AUGMENT_STREAM), SHORT, True, self.jitter)
         out = []
         for i in idx:
             img = Image.open(os.path.join(self.root, rec.path, f"img_{i:05d}.jpg")).convert("RGB")
@@ -95,9 +95,30 @@ class PilBaseline(torch.utils.data.Dataset):
             img = img.resize((nw, nh), Image.BICUBIC)
             oy, ox = int(p.crop_fy * (nh - CROP + 1)), int(p.crop_fx * (nw - CROP + 1))
             img = img.crop((ox, oy, ox + CROP, oy + CROP))
+            img = _pil_jitter(img, p)
             x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous().float().div(255)
             out.append((x - 0.5) / 0.5)                                   # (3, 224, 224)
         return {"video": torch.stack(out), "label": rec.label, "index": index}   # (T, 3, 224, 224)
+
+
+def _pil_jitter(img: Image.Image, p) -> Image.Image:
+    """torchvision.transforms.functional's PIL colour ops, as the original's Train_ClipAug applies them."""
+    from PIL import ImageEnhance
+    if p.brightness is not None:
+        img = ImageEnhance.Brightness(img).enhance(p.brightness)
+    if p.saturation is not None:
+        img = ImageEnhance.Color(img).enhance(p.saturation)
+    if p.gamma is not None:
+        img = img.point([int((255 + 1 - 1e-3) * pow(v / 255.0, p.gamma)) for v in range(256)] * 3)
+    if p.hue is not None:
+        h, s, v = img.convert("HSV").split()
+        hh = (np.asarray(h).astype(np.int16) + int(p.hue * 255)) % 256
+        img = Image.merge("HSV", (Image.fromarray(hh.astype(np.uint8), "L"), s, v)).convert("RGB")
+    return img
+
+
+def _no_jitter(p) -> bool:
+    return p.brightness is None and p.saturation is None and p.gamma is None and p.hue is None
 
 
 class _Items(torch.utils.data.Sampler):
@@ -155,6 +176,7 @@ def run(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", default="0", help="comma list of DataLoader worker counts (0: this process)")
     ap.add_argument("--batch", type=int, default=4, help="clips per DataLoader batch")
+    ap.add_argument("--jitter", type=float, default=0.1, help="colour jitter probability per op (all pipelines)")
     ap.add_argument("--io-workers", type=int, default=8, help="concurrent frame reads per clip")
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--s3-endpoint", default=None)
@@ -173,9 +195,9 @@ def run(argv=None) -> dict:
         print(f"data: {a.videos} videos x {a.frames} frames of {a.height}x{a.width} JPEG q{a.quality} "
               f"(mean {nbytes / a.videos / a.frames / 1024:.0f} KiB), made in {time.time() - t0:.1f}s")
         local = open_store(str(work / "frames"))
-        pipelines = {"pil-baseline": PilBaseline(str(work / "frames"), records)}
+        pipelines = {"pil-baseline": PilBaseline(str(work / "frames"), records, jitter=a.jitter)}
         ds_kw = dict(train=True, num_frames=T, stride=STRIDE, crop_size=CROP, train_short_side=SHORT,
-                     color_jitter_prob=0.0, io_workers=a.io_workers)
+                     color_jitter_prob=a.jitter, io_workers=a.io_workers)
         pipelines["msca local"] = VideoClipDataset(local, records, **ds_kw)
         if not a.no_s3:
             if a.s3_endpoint:
@@ -193,8 +215,11 @@ def run(argv=None) -> dict:
             print(f"uploaded to {s3.uri} in {time.time() - t0:.1f}s")
             pipelines["msca s3"] = VideoClipDataset(s3, records, **ds_kw)
 
-        # fidelity: same item through ours and PIL
-        ref, ours = pipelines["pil-baseline"][(0, 0)]["video"], pipelines["msca local"][(0, 0)]["video"]
+        # fidelity: same item through ours and PIL (an item with no colour jitter drawn)
+        plain = next(((0, i) for i in range(len(records))
+                      if _no_jitter(draw_train_params(sample_rng(0, 0, i, AUGMENT_STREAM), SHORT, True, a.jitter))),
+                     (0, 0))
+        ref, ours = pipelines["pil-baseline"][plain]["video"], pipelines["msca local"][plain]["video"]
         diff = ((ref - ours).abs() * 127.5)
         print(f"ours vs PIL on the same clip: mean |diff| {diff.mean():.3f}, max {diff.max():.1f} (0..255 scale)")
         print(f"decoder: {decoder_name()}; resize: {describe()}")

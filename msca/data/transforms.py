@@ -138,53 +138,49 @@ def eval_views(frames: Sequence[np.ndarray], clips: np.ndarray, short_side: int,
 
 # --- colour jitter: torchvision's functional ops on PIL images, re-done on the whole clip ---------------------
 def color_jitter(x: torch.Tensor, p: TrainAugParams) -> torch.Tensor:
-    """(T, 3, H, W) uint8 -> uint8, ops in the original's order; each rounds to uint8 like the PIL ops."""
-    y = x.to(torch.float32)
+    """(T, 3, H, W) uint8 -> uint8, ops in the original's order; each rounds to uint8 like the PIL ops.
+
+    Cheap enough to leave on: brightness and gamma are 256-entry lookup tables, saturation and hue work
+    in place (a 224 px 8-frame clip: ~2 ms, ~1 ms, ~2 ms, ~13 ms; each op runs on 10% of clips)."""
+    y = x.contiguous()
     if p.brightness is not None:            # ImageEnhance.Brightness: blend with black
-        y = _q(y * p.brightness)
+        y = _lut(y, np.arange(256) * p.brightness)
     if p.saturation is not None:            # ImageEnhance.Color: blend with the grey (ITU-R 601 luma) image
-        grey = _luma(y)
-        y = _q(grey + p.saturation * (y - grey))
+        f = y.to(torch.float32)
+        r, g, b = f.unbind(-3)
+        grey = (0.299 * r + 0.587 * g + 0.114 * b).round_().unsqueeze(-3)
+        y = f.sub_(grey).mul_(p.saturation).add_(grey).clamp_(0.0, 255.0).round_().to(torch.uint8)
     if p.gamma is not None:                 # adjust_gamma(gain=1): 255 * (x/255)^gamma
-        y = _q(255.0 * (y / 255.0).pow(p.gamma))
+        y = _lut(y, 255.0 * (np.arange(256) / 255.0) ** p.gamma)
     if p.hue is not None:                   # adjust_hue: rotate H in HSV by hue * 360 degrees
-        y = _q(_hue_shift(y / 255.0, p.hue) * 255.0)
-    return y.to(torch.uint8)
+        y = _hue_shift(y, p.hue).clamp_(0.0, 255.0).round_().to(torch.uint8)
+    return y
 
 
-def _q(y: torch.Tensor) -> torch.Tensor:
-    return y.clamp_(0.0, 255.0).round_()
+def _lut(x: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    """Apply a per-value map (256 floats, rounded and clipped to uint8) to a uint8 tensor."""
+    table = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return torch.from_numpy(np.take(table, x.numpy()))
 
 
-def _luma(y: torch.Tensor) -> torch.Tensor:
+def _hue_shift(x: torch.Tensor, shift: float) -> torch.Tensor:
+    """(T, 3, H, W) uint8 -> float32 in [0, 255]: HSV hue rotated by `shift` turns, V and S kept.
+
+    HSV -> RGB in closed form: channel = V - (V - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6,
+    n = 5, 3, 1 for R, G, B, which avoids building H, S, V planes and a six-way select."""
+    y = x.to(torch.float32)
     r, g, b = y.unbind(-3)
-    return (0.299 * r + 0.587 * g + 0.114 * b).round_().unsqueeze(-3)
-
-
-def _hue_shift(rgb: torch.Tensor, shift: float) -> torch.Tensor:
-    """(..., 3, H, W) floats in [0, 1]; hue rotated by `shift` of a full turn."""
-    r, g, b = rgb.unbind(-3)
-    maxc, _ = rgb.max(-3)
-    minc, _ = rgb.min(-3)
-    v = maxc
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    dc = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / dc, (maxc - g) / dc, (maxc - b) / dc
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + shift) % 1.0
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    pp, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    table = [(v, t, pp), (q, v, pp), (pp, v, t), (pp, q, v), (t, pp, v), (v, pp, q)]
-    out = [torch.zeros_like(v) for _ in range(3)]
-    for k, (rr, gg, bb) in enumerate(table):
-        m = i == k
-        for c, src in enumerate((rr, gg, bb)):
-            out[c] = torch.where(m, src, out[c])
-    return torch.stack(out, -3)
+    hi = torch.maximum(torch.maximum(r, g), b)
+    lo = torch.minimum(torch.minimum(r, g), b)
+    d = hi - lo
+    # 6 * hue: sector offset by which channel is the max, then the position inside the sector
+    h = torch.where(hi == r, g - b, torch.where(hi == g, (b - r).add_(2 * d), (r - g).add_(4 * d)))
+    h.div_(d.clamp_min(1e-6)).add_(6.0 * shift + 6.0).remainder_(6.0)
+    out = torch.empty_like(y)
+    for c, n in enumerate((5.0, 3.0, 1.0)):
+        k = (h + n).remainder_(6.0)
+        torch.sub(hi, torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(d), out=out.select(-3, c))
+    return out
 
 
 def describe() -> str:
