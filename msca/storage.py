@@ -228,11 +228,17 @@ class LocalStore(Store):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            for attempt in range(3):        # a concurrent delete() may prune the folder we just made
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

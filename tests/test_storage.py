@@ -137,3 +137,15 @@ def test_s3_lean_get_handles_awkward_keys(s3_server):
                       aws_secret_access_key=s3_server.secret_key, fast_get=False)
     assert slow.conn.fast_get(slow.bucket, slow._key(keys[0])) == (None, b"")
     assert slow.read_many(keys) == [k.encode() for k in keys]
+
+
+def test_local_delete_prunes_empty_folders(tmp_path):
+    st = open_store(str(tmp_path / "r"))
+    st.write_bytes("a/b/c.bin", b"1")
+    st.write_bytes("a/d.bin", b"2")
+    st.delete("a/b/c.bin")
+    assert not (tmp_path / "r" / "a" / "b").exists() and (tmp_path / "r" / "a" / "d.bin").exists()
+    st.delete("a/d.bin")
+    assert (tmp_path / "r").exists() and not (tmp_path / "r" / "a").exists()
+    st.write_bytes("a/b/c.bin", b"3")                       # folders come back on the next write
+    assert st.read_bytes("a/b/c.bin") == b"3"
