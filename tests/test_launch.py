@@ -69,3 +69,43 @@ def test_bad_override_is_a_short_error(tmp_path, override, needle):
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_pretrained_npz_initialises_the_job_model(tmp_path, data_root):
+    """model.pretrained=<jax .npz> reaches every rank: weights land transformed, the position grid is resampled
+    (npz made for 48 px, model at 32 px), the head starts at zero (lr ~0 so one step leaves them in place)."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from msca.model import create_model, npz_layout
+
+    src = create_model("msca_b16", num_classes=4, img_size=48, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in npz_layout(src, with_head=True).items()}
+    npz = tmp_path / "vit_tiny_in21k.npz"
+    np.savez(npz, **arrays)
+    name = "pretrained"
+    proc = run_launch(small_overrides(tmp_path, data_root, name) + [
+        f"model.pretrained={npz}", "train.max_steps=1", "train.optimizer=sgd", "train.lr=1e-12",
+        "train.momentum=0", "train.val_every=0", "eval.at_end=false"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sd = torch.load(io.BytesIO((tmp_path / "store" / "runs" / name / "model.pt").read_bytes()), weights_only=True)
+    want = torch.from_numpy(arrays["embedding/kernel"]).permute(3, 2, 0, 1)
+    torch.testing.assert_close(sd["patch_embed.proj.weight"], want, rtol=0, atol=1e-6)
+    q = arrays["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"].reshape(32, 32).T
+    torch.testing.assert_close(sd["blocks.1.attn.qkv.weight"][:32], torch.from_numpy(q), rtol=0, atol=1e-6)
+    assert sd["pos_embed"].shape == (1, 1 + 4 * 4, 32)
+    torch.testing.assert_close(sd["pos_embed"][0, 0], torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 0]))
+    assert sd["head.weight"].abs().max() < 1e-6 and sd["head.bias"].abs().max() < 1e-6
+
+
+def test_failing_ranks_fail_the_launch_with_the_cause(tmp_path):
+    """A missing list file: both ranks stop with an error naming it; launch exits non-zero and says so."""
+    proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=broken", "data=k400",
+                       f"data.root={tmp_path / 'no-such-k400'}", "cluster.procs_per_node=2", "train.progress=false"],
+                      timeout=120)
+    assert proc.returncode != 0
+    assert "train list not found" in proc.stderr and "no-such-k400" in proc.stderr
+    assert "run broken failed" in proc.stdout
