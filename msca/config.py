@@ -143,7 +143,8 @@ class Config:
 
 # Keys that may change between launches of one run without changing what the run computes.
 MUTABLE = ("run.", "cluster.", "store.", "eval.", "checkpoint.", "data.num_workers", "data.eval_batch_size",
-           "train.progress", "train.log_every", "train.max_steps", "model.pretrained")
+           "data.io_workers", "data.val_clips", "data.test_clips", "data.test_crops", "data.test_list",
+           "train.progress", "train.log_every", "train.val_every", "train.max_steps", "model.pretrained")
 
 
 def flat(d: dict, prefix: str = "") -> dict:

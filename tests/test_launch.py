@@ -58,6 +58,12 @@ def test_default_job_end_to_end_with_eval_and_relaunch_rules(tmp_path, data_root
     assert train_steps == sorted(set(train_steps)), "steps were trained twice"
     assert json.loads((home / "launch.json").read_text())[-1]["resumed"] is True
 
+    # The evaluate job re-tests the final weights, here with more views than training-time settings.
+    proc = run_launch(base + ["run.job=evaluate", "data.test_clips=2", "data.test_crops=3"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    again = json.loads((home / "results.json").read_text())
+    assert again["views"] == "2x3" and again["num_videos"] == 8
+
 
 @pytest.mark.parametrize("override,needle", [
     ("train.lrr=1", "lrr"),
