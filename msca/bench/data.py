@@ -178,6 +178,7 @@ def run(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=4, help="clips per DataLoader batch")
     ap.add_argument("--jitter", type=float, default=0.1, help="colour jitter probability per op (all pipelines)")
     ap.add_argument("--io-workers", type=int, default=8, help="concurrent frame reads per clip")
+    ap.add_argument("--read-ahead", type=int, default=1, help="batches read ahead when loading in-process")
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--s3-endpoint", default=None)
     ap.add_argument("--s3-uri", default=None, help="existing s3://bucket/prefix to upload to (default: new bucket)")
@@ -231,8 +232,8 @@ def run(argv=None) -> dict:
             if workers == 0:
                 os.sched_setaffinity(0, {allowed[0]})
             samplers = {name: _Items() for name in pipelines}
-            loaders = {name: build_loader(ds, samplers[name], batch_size=a.batch, num_workers=workers)
-                       for name, ds in pipelines.items()}
+            loaders = {name: build_loader(ds, samplers[name], batch_size=a.batch, num_workers=workers,
+                                          read_ahead=a.read_ahead) for name, ds in pipelines.items()}
             rates = {name: [] for name in pipelines}
             cpu_rates = {name: [] for name in pipelines}
             for r in range(a.rounds + 1):              # round 0 warms caches, workers and connections
