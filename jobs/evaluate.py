@@ -14,6 +14,8 @@ from msca.metrics import read_metrics
 from msca.run_home import RunHome
 from msca.train import DTYPES, build_model, evaluate_dataset
 
+from jobs.base import Job
+
 log = logging.getLogger(__name__)
 
 
@@ -50,14 +52,9 @@ def write_results(home: RunHome, res: dict, plots: bool = True) -> None:
     home.sync_up("curves.png")
 
 
-class Evaluate:
-    """Stateless: every rank builds it from the run URI, reads the config, evaluates."""
-
-    def __init__(self, run_uri: str, endpoint_url: str | None = None):
-        self.run_uri, self.endpoint_url = run_uri, endpoint_url
+class Evaluate(Job):
+    """Every rank reads the run's config and evaluates its shard of the test videos."""
 
     def __call__(self) -> dict:
-        dist.setup_logging()
-        dist.init_distributed()
-        home = RunHome(self.run_uri, self.endpoint_url)
+        home = self.start()
         return evaluate_run(home.config(), home)

@@ -1,6 +1,5 @@
 """Train job: every rank reads the run's config, joins the process group, trains, then (optionally)
-evaluates. Stateless apart from the run URI, so a requeued or retried job simply runs it again and
-resumes from the run home."""
+evaluates."""
 from __future__ import annotations
 
 import io
@@ -9,22 +8,20 @@ import logging
 import torch
 
 from msca import dist
-from msca.run_home import RunHome
 from msca.train import Trainer
 
+from jobs.base import Job
 from jobs.evaluate import evaluate_run
 
 log = logging.getLogger(__name__)
 
 
-class Train:
-    def __init__(self, run_uri: str, endpoint_url: str | None = None):
-        self.run_uri, self.endpoint_url = run_uri, endpoint_url
+class Train(Job):
+    """Every rank trains from the newest checkpoint in the run home (or from scratch), saves the final
+    weights, then evaluates them when eval.at_end."""
 
     def __call__(self) -> dict:
-        dist.setup_logging()
-        dist.init_distributed()
-        home = RunHome(self.run_uri, self.endpoint_url)
+        home = self.start()
         cfg = home.config()
         trainer = Trainer(cfg, home)
         state = trainer.fit()

@@ -29,7 +29,6 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from msca.data.decode import DecodeError, decode_rgb

@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
