@@ -165,9 +165,15 @@ class Trainer:
         self.ckpt.save(state.step, asdict(state))  # the final state (a no-op if just saved)
         if progress is not None:
             progress.close()
-        self.metrics.flush()
-        self.home.sync_up("metrics.jsonl")
+        self.sync_metrics()
         return state
+
+    def sync_metrics(self) -> None:
+        """Metrics and TensorBoard files to the store (a no-op for a local store)."""
+        if dist.is_main():
+            self.metrics.flush()
+            self.home.sync_up("metrics.jsonl")
+            self.home.sync_up("tb")
 
     def _log_train(self, window: list[float], t0: float) -> float:
         now = time.perf_counter()
@@ -194,6 +200,7 @@ class Trainer:
         self.metrics.log("val", self.state.step, **out)
         log.info("epoch %d val top-1 %.2f%% top-5 %.2f%% (%d videos)", self.state.epoch, 100 * out["top1"],
                  100 * out["top5"], out["num_videos"])
+        self.sync_metrics()
         return out
 
     def evaluate_split(self, dataset) -> dict:

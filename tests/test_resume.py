@@ -39,3 +39,33 @@ def test_stopped_and_relaunched_run_equals_uninterrupted(tmp_path, deepspeed):
     # retention: keep_last=2 committed checkpoints
     steps_kept = sorted(p.name for p in (home / "checkpoints").glob("step_*"))
     assert steps_kept == ["step_000000012", "step_000000014"]
+
+
+def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):
+    """store.root=s3://...: config, checkpoints (manifest last), metrics, weights and results land in a real S3
+    server (SeaweedFS); a relaunch resumes from the S3 checkpoint, not from local files."""
+    bucket = s3_server.make_bucket()
+    root = f"s3://{bucket}/team"
+    common = [f"store.root={root}", "cluster.procs_per_node=2", "deepspeed=zero1", "train.epochs=2",
+              "train.val_every=0", "data.batch_size=2", "checkpoint.every_steps=3"]
+    base = [o for o in small_overrides(tmp_path, tmp_path / "data", "s3run") if not o.startswith("store.root=")]
+    env = {**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")}
+    first = run_launch(base + common + ["train.max_steps=3", "eval.at_end=false"], env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = s3_server.store(f"{root}/runs/s3run")
+    manifest = json.loads(store.read_text("checkpoints/step_000000003/MANIFEST.json"))
+    keys = {o["key"] for o in manifest["objects"]}
+    assert any("optim_states" in k for k in keys) and any("model_states" in k for k in keys)
+    for obj in manifest["objects"]:
+        assert store.size(f"checkpoints/{obj['key']}") == obj["size"]
+
+    import shutil
+    shutil.rmtree(tmp_path / "cache")  # nothing local survives: the resume must come from S3
+    second = run_launch(base + common + ["train.max_steps=6"], env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from s3://" in second.stderr
+    steps = [json.loads(line)["step"] for line in store.read_text("metrics.jsonl").splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps[-3:] == [4, 5, 6]
+    assert store.exists("model.pt") and json.loads(store.read_text("results.json"))["num_videos"] == 8
+    assert store.exists("checkpoints/step_000000006/MANIFEST.json")
