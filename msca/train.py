@@ -110,6 +110,7 @@ class Trainer:
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
         self.metrics = MetricsLogger(home.local_dir, enabled=dist.is_main())
+        self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -129,6 +130,7 @@ class Trainer:
     def fit(self) -> TrainState:
         cfg, state = self.cfg, self.state
         progress = self._progress_bar()
+        t_start, first_step = time.perf_counter(), state.step
         while state.step < self.total_steps and state.epoch < cfg.train.epochs:
             self.sampler.set_epoch(state.epoch, start=state.position)
             loader = build_loader(self.train_set, self.sampler, cfg.data.batch_size, cfg.data.num_workers, drop_last=True)
@@ -148,7 +150,9 @@ class Trainer:
                 state.step += 1
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(epoch=state.epoch, loss=f"{window[-1]:.3f}", refresh=False)
+                    clips_s = (state.step - first_step) * self.clips_per_step / (time.perf_counter() - t_start)
+                    progress.set_postfix(epoch=state.epoch, loss=f"{window[-1]:.3f}", clips_s=f"{clips_s:.1f}",
+                                         refresh=False)
                 if state.step % cfg.train.log_every == 0 or state.step == self.total_steps:
                     t0 = self._log_train(window, t0)
                     window = []
