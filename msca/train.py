@@ -151,7 +151,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                     clips_s = (state.step - first_step) * self.clips_per_step / (time.perf_counter() - t_start)
-                    progress.set_postfix(epoch=state.epoch, loss=f"{window[-1]:.3f}", clips_s=f"{clips_s:.1f}",
+                    progress.set_postfix(epoch=state.epoch + 1, loss=f"{window[-1]:.3f}", clips_s=f"{clips_s:.1f}",
                                          refresh=False)
                 if state.step % cfg.train.log_every == 0 or state.step == self.total_steps:
                     t0 = self._log_train(window, t0)
