@@ -88,6 +88,8 @@ class Trainer:
         self.sampler = ResumableDistributedSampler(
             len(self.train_set), dist.rank(), dist.world_size(), seed=cfg.seed, shuffle=True, drop_last=True
         )
+        self.loader = build_loader(self.train_set, self.sampler, cfg.data.batch_size, cfg.data.num_workers,
+                                   drop_last=True, pin_memory=torch.cuda.is_available())
         per_rank = len(self.sampler)
         self.micro_per_epoch = (per_rank // cfg.data.batch_size) // cfg.train.grad_accum * cfg.train.grad_accum
         self.steps_per_epoch = self.micro_per_epoch // cfg.train.grad_accum
@@ -132,11 +134,10 @@ class Trainer:
         progress = self._progress_bar()
         t_start, first_step = time.perf_counter(), state.step
         while state.step < self.total_steps and state.epoch < cfg.train.epochs:
-            self.sampler.set_epoch(state.epoch, start=state.position)
-            loader = build_loader(self.train_set, self.sampler, cfg.data.batch_size, cfg.data.num_workers, drop_last=True)
+            self.sampler.set_epoch(state.epoch, start=state.position)  # the loader's workers persist
             self.engine.train()
             window, t0, micro = [], time.perf_counter(), state.position // cfg.data.batch_size
-            for batch in loader:
+            for batch in self.loader:
                 if micro >= self.micro_per_epoch:
                     break
                 loss = self.loss(batch)
@@ -228,6 +229,7 @@ class Trainer:
 def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:
     """Every rank predicts its shard; everyone gets the summary of all videos."""
     idx = shard_indices(len(dataset), dist.rank(), dist.world_size())
-    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers)
+    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
+                          pin_memory=torch.cuda.is_available())
     pred = gather(predict(forward, loader, device, dtype))
     return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))
