@@ -49,3 +49,14 @@ def test_roundtrip_and_classes_file():
     assert parse_class_names("cat\ndog\n\n") == ["cat", "dog"]
     assert parse_class_names("0,cat\n1,hot dog\n") == ["cat", "hot dog"]
     assert class_names_from_folders([VideoRecord("s/a/v", 1, 0), VideoRecord("s/b/v", 1, 0)]) is None
+
+
+def test_frame_name_format_accepts_python_and_printf_styles():
+    from msca.data.lists import frame_name_format
+
+    assert frame_name_format("img_{:05d}.jpg").format(7) == "img_00007.jpg"
+    assert frame_name_format("img_%05d.jpg").format(7) == "img_00007.jpg"
+    assert frame_name_format("%06d.jpg").format(12) == "000012.jpg"
+    for bad in ("img.jpg", "img_{}.jpg{", "img_{name}.jpg"):
+        with pytest.raises(ValueError, match="data.frame_format"):
+            frame_name_format(bad)

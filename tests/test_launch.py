@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from launch_helpers import metrics, run_launch, small_overrides
+from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,27 @@ def test_failing_ranks_fail_the_launch_with_the_cause(tmp_path):
     assert proc.returncode != 0
     assert "train list not found" in proc.stderr and "no-such-k400" in proc.stderr
     assert "run broken failed" in proc.stdout
+
+
+def test_k400_layout_with_tokshift_lists_and_msca_frame_names(tmp_path):
+    """data=k400 on a Kinetics-layout tree: space-separated TokShift list files, `{:06d}.jpg` frames (the MSCA
+    config's naming), videos shorter than the 8x32 span (clip indices wrap around, as the original)."""
+    from msca.data.config import SyntheticConfig
+    from msca.data.synthetic import generate
+    from msca.storage import open_store
+
+    root = tmp_path / "k400"
+    generate(open_store(str(root)), SyntheticConfig(classes=3, videos_per_class=4, val_videos_per_class=1,
+                                                    frames=40, height=40, width=52), frame_format="{:06d}.jpg")
+    for split in ("train", "val"):  # rewrite the comma lists in TokShift's space-separated form
+        path = root / "trainValTest" / f"{split}.txt"
+        path.write_text(path.read_text().replace(",", " "))
+    proc = run_launch([
+        f"store.root={tmp_path / 'store'}", "run.name=k400-mini", "data=k400", f"data.root={root}",
+        "data.frame_format=%06d.jpg", "data.crop_size=32", "data.train_short_side=[36,44]",
+        "data.test_short_side=36", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
+        "data.test_clips=2", "train.epochs=1", "train.progress=false", "eval.plots=false", *TINY_MODEL])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((tmp_path / "store" / "runs" / "k400-mini" / "results.json").read_text())
+    assert res["num_videos"] == 3 and res["views"] == "2x3"
+    assert len(res["class_names"]) == 3

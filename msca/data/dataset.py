@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from msca.data.decode import DecodeError, decode_rgb
-from msca.data.lists import VideoRecord
+from msca.data.lists import VideoRecord, frame_name_format
 from msca.data.sampling import AUGMENT_STREAM, SAMPLING_STREAM, eval_indices, sample_rng, train_indices
 from msca.data.transforms import draw_train_params, eval_views, train_clip
 from msca.storage import Store
@@ -61,7 +61,7 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"train_short_side {list(train_short_side)} starts below crop_size {crop_size}")
         if not train and test_short_side < crop_size:
             raise ValueError(f"test_short_side {test_short_side} is smaller than crop_size {crop_size}")
-        frame_format.format(1)  # fail early on a bad format string
+        frame_format = frame_name_format(frame_format)  # fails early on a bad pattern
         self.store, self.records, self.train = store, list(records), train
         self.frame_format, self.num_frames, self.stride, self.sampling = frame_format, num_frames, stride, sampling
         self.crop_size, self.test_short_side = crop_size, test_short_side

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -110,3 +111,21 @@ def _is_int(s: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+_PRINTF_INT = re.compile(r"%(0?\d*)d")
+
+
+def frame_name_format(fmt: str) -> str:
+    """A frame file-name pattern as a str.format template. Accepts Python (`img_{:05d}.jpg`) and ffmpeg/printf
+    (`img_%05d.jpg`) styles; the printf form is also easier to pass on a Hydra command line, where braces need
+    quoting (`data.frame_format=%06d.jpg`)."""
+    out = _PRINTF_INT.sub(lambda m: "{:" + m.group(1) + "d}", fmt)
+    try:
+        out.format(1)
+    except (IndexError, KeyError, ValueError) as err:
+        raise ValueError(f"data.frame_format={fmt!r} is not a frame-name pattern like 'img_{{:05d}}.jpg' or "
+                         f"'img_%05d.jpg' ({err})") from None
+    if out.format(1) == out.format(2):
+        raise ValueError(f"data.frame_format={fmt!r} has no frame-number field ({{:05d}} or %05d)")
+    return out

@@ -45,7 +45,7 @@ from typing import List, Optional
 import numpy as np
 
 from msca.data.config import SyntheticConfig
-from msca.data.lists import VideoRecord, format_list
+from msca.data.lists import VideoRecord, format_list, frame_name_format
 from msca.storage import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}.jpg",
              io_workers: int = 16) -> dict:
     """Write the whole dataset under `store` (frames first, list files last). Deterministic in `cfg.seed`."""
+    frame_format = frame_name_format(frame_format)
     t0 = time.time()
     if cfg.kind not in ("hue", "scroll"):
         raise ValueError(f"data.synthetic.kind={cfg.kind!r} is not one of ['hue', 'scroll']")
