@@ -1,7 +1,11 @@
 """`python -m jobs <train|evaluate> <run_uri>`: what every rank runs under the local backend (and what a
 user can run by hand on any node with the rank environment set)."""
 import argparse
+import logging
 import os
+import sys
+
+from msca.preemption import EXIT_STOPPED, StopRequested
 
 from jobs import JOBS
 
@@ -12,7 +16,11 @@ def main() -> None:
     parser.add_argument("run_uri")
     parser.add_argument("--endpoint-url", default=os.environ.get("MSCA_S3_ENDPOINT"))
     args = parser.parse_args()
-    JOBS[args.job](args.run_uri, args.endpoint_url)()
+    try:
+        JOBS[args.job](args.run_uri, args.endpoint_url)()
+    except StopRequested as stop:
+        logging.getLogger("jobs").warning("%s", stop)
+        sys.exit(EXIT_STOPPED)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
+from msca.preemption import EXIT_STOPPED
 from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
 from msca.storage import is_remote
@@ -84,6 +85,10 @@ def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
         print(f"follow it: tail {home.local_dir}/metrics.jsonl; resume or re-attach: python launch.py "
               f"run.name={cfg.run.name} [same overrides]")
         return 0
+    if handle.returncode == EXIT_STOPPED:
+        print(f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
+              f"newest committed checkpoint")
+        return handle.returncode
     if handle.returncode:
         print(f"run {cfg.run.name} failed (exit {handle.returncode}); logs: {spec.log_dir}. Re-launching the "
               f"same run.name resumes it.")

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from msca.evaluate import gather, predict, shard_indices, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
+from msca.preemption import StopFlag, StopRequested
 from msca.run_home import RunHome
 from msca.storage import open_store
 
@@ -111,6 +113,7 @@ class Trainer:
                                       config_hash=identity_hash(cfg))
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
+        self.stop = StopFlag()
         self.metrics = MetricsLogger(home.local_dir, enabled=dist.is_main())
         self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -158,6 +161,7 @@ class Trainer:
                     t0 = self._log_train(window, t0)
                     window = []
                 self.ckpt.maybe_save(state.step, asdict(state))
+                self._stop_if_requested()
                 if state.step >= self.total_steps:
                     break
             if micro >= self.micro_per_epoch:  # epoch finished (not cut by max_steps)
@@ -172,6 +176,16 @@ class Trainer:
             progress.close()
         self.sync_metrics()
         return state
+
+    def _stop_if_requested(self) -> None:
+        """All ranks agree at this step boundary; on a stop, commit a checkpoint of exactly this state."""
+        signum = self.stop.agreed()
+        if signum:
+            log.warning("stop requested (%s): saving step %d before exiting", signal.Signals(signum).name,
+                        self.state.step)
+            self.ckpt.save(self.state.step, asdict(self.state))
+            self.sync_metrics()
+            raise StopRequested(self.state.step, signum)
 
     def sync_metrics(self) -> None:
         """Metrics and TensorBoard files to the store (a no-op for a local store)."""

@@ -1,44 +1,83 @@
-"""Re-launching a run resumes it from its newest committed checkpoint, exactly: a run stopped mid-epoch and
-relaunched ends with bit-identical weights to one that never stopped (2 ranks, ZeRO 2, gloo)."""
+"""Re-launching a run resumes it from its newest committed checkpoint, exactly: a run stopped mid-epoch (by
+max_steps, or by Ctrl-C / SIGTERM) and relaunched ends with bit-identical weights to one that never stopped
+(2 ranks, ZeRO 2, gloo)."""
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from launch_helpers import metrics, run_launch, small_overrides
+from launch_helpers import REPO, metrics, run_launch, small_overrides
+
+# 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 optimizer steps per epoch, 30 in all
+COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=5", "train.val_every=0", "eval.at_end=false",
+          "data.batch_size=2", "checkpoint.every_steps=2"]
 
 
 def weights(home):
     return torch.load(io.BytesIO((home / "model.pt").read_bytes()), weights_only=True)
 
 
-@pytest.mark.parametrize("deepspeed", ["zero2"])
-def test_stopped_and_relaunched_run_equals_uninterrupted(tmp_path, deepspeed):
-    data_root = tmp_path / "data"
-    common = ["cluster.procs_per_node=2", f"deepspeed={deepspeed}", "train.epochs=3", "train.val_every=0",
-              "eval.at_end=false", "data.batch_size=2", "checkpoint.every_steps=2"]
-    # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch; stop at 8 = mid-epoch 2
-    full = run_launch(small_overrides(tmp_path, data_root, "full") + common + ["train.max_steps=14"])
-    assert full.returncode == 0, full.stderr
-    part = run_launch(small_overrides(tmp_path, data_root, "part") + common + ["train.max_steps=8"])
-    assert part.returncode == 0, part.stderr
-    home = tmp_path / "store" / "runs" / "part"
-    manifest = json.loads((home / "checkpoints" / "step_000000008" / "MANIFEST.json").read_text())
-    assert manifest["trainer"] == {"epoch": 1, "position": 4, "step": 8}
-    resumed = run_launch(small_overrides(tmp_path, data_root, "part") + common + ["train.max_steps=14"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr
-
-    a, b = weights(tmp_path / "store" / "runs" / "full"), weights(home)
+def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [m["step"] for m in metrics(tmp_path / "store", "part") if m["kind"] == "train"]
-    assert steps == list(range(1, 15))
-    # retention: keep_last=2 committed checkpoints
-    steps_kept = sorted(p.name for p in (home / "checkpoints").glob("step_*"))
-    assert steps_kept == ["step_000000012", "step_000000014"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Shared data and an uninterrupted reference run."""
+    tmp = tmp_path_factory.mktemp("resume")
+    full = run_launch(small_overrides(tmp, tmp / "data", "full") + COMMON)
+    assert full.returncode == 0, full.stderr
+    return tmp, weights(tmp / "store" / "runs" / "full")
+
+
+def test_stopped_and_relaunched_run_equals_uninterrupted(runs):
+    tmp, reference = runs
+    part = run_launch(small_overrides(tmp, tmp / "data", "part") + COMMON + ["train.max_steps=8"])
+    assert part.returncode == 0, part.stderr
+    home = tmp / "store" / "runs" / "part"
+    manifest = json.loads((home / "checkpoints" / "step_000000008" / "MANIFEST.json").read_text())
+    assert manifest["trainer"] == {"epoch": 1, "position": 4, "step": 8}
+    resumed = run_launch(small_overrides(tmp, tmp / "data", "part") + COMMON)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+
+    assert_same_weights(reference, weights(home))
+    steps = [m["step"] for m in metrics(tmp / "store", "part") if m["kind"] == "train"]
+    assert steps == list(range(1, 31))
+    steps_kept = sorted(p.name for p in (home / "checkpoints").glob("step_*"))  # retention: keep_last=2
+    assert steps_kept == ["step_000000028", "step_000000030"]
+
+
+def test_ctrl_c_saves_at_the_next_step_and_the_relaunch_finishes_exactly(runs):
+    tmp, reference = runs
+    overrides = small_overrides(tmp, tmp / "data", "sig") + COMMON + ["checkpoint.every_steps=0",
+                                                                        "checkpoint.every_epochs=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    path = tmp / "store" / "runs" / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (path.exists() and path.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does to the launcher
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out + err
+    assert "stopped" in out and "stop requested (SIGTERM)" in err
+    home = tmp / "store" / "runs" / "sig"
+    committed = sorted(p.name for p in (home / "checkpoints").glob("step_*/MANIFEST.json"))
+    assert len(committed) == 1 and committed[0] != "step_000000030"  # saved on the stop, mid-run
+
+    resumed = run_launch(overrides)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(reference, weights(home))
 
 
 def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):

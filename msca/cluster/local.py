@@ -13,6 +13,7 @@ import torch
 
 from msca.cluster import Handle, JobSpec
 from msca.dist import free_port
+from msca.preemption import EXIT_STOPPED
 
 
 def ranks_for(procs_per_node: int) -> int:
@@ -63,21 +64,39 @@ class LocalBackend:
         return Handle(self.name, desc, returncode=code)
 
 
-def wait_all(procs: list[subprocess.Popen]) -> int:
-    """Wait for every rank; if one fails, stop the others (a lone survivor would hang in a collective)."""
+def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = 300.0) -> int:
+    """Wait for every rank; if one fails, stop the others (a lone survivor would hang in a collective).
+
+    On Ctrl-C the ranks are asked to stop (SIGTERM): they save a checkpoint at the next step and exit with
+    EXIT_STOPPED, so we wait for that; a second Ctrl-C (or the grace period) stops them hard."""
     try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                terminate(procs)
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.2)
+        return poll_until_done(procs)
     except KeyboardInterrupt:
-        terminate(procs)
-        raise
+        print(f"stopping: the ranks save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to kill)",
+              file=sys.stderr, flush=True)
+        for p in procs:  # also when Ctrl-C did not reach them (another process group); a repeat is harmless
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        try:
+            return poll_until_done(procs, deadline=time.time() + stop_grace_s)
+        except KeyboardInterrupt:
+            terminate(procs, grace_s=0)
+            raise
+
+
+def poll_until_done(procs: list[subprocess.Popen], deadline: float | None = None) -> int:
+    """0 when all ranks succeed; else the first non-zero exit code (the others are stopped)."""
+    while deadline is None or time.time() < deadline:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed and (failed[0] != EXIT_STOPPED or all(c is not None for c in codes)):
+            terminate(procs)
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.2)
+    terminate(procs)
+    return EXIT_STOPPED
 
 
 def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:

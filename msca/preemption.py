@@ -1,0 +1,51 @@
+"""Stop requests (SIGTERM from a scheduler or the local backend, SIGUSR2 before a time limit, Ctrl-C): the
+handler only sets a flag; the training loop checks it at step boundaries, all ranks agree on it in one
+all-reduce, save a checkpoint together and exit. Nothing is saved inside a signal handler."""
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+import torch.distributed as dist
+
+from msca import dist as ranks
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+EXIT_STOPPED = 3  # a job's exit code when it stopped on request after committing a checkpoint
+
+
+class StopRequested(Exception):
+    """Raised by the trainer after the stop checkpoint is committed."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint is committed")
+        self.step, self.signum = step, signum
+
+
+class StopFlag:
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signum = 0
+        self._previous = {}
+        for sig in signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+    def agreed(self) -> int:
+        """The signal number if any rank was asked to stop (0 otherwise); the same answer on every rank."""
+        if ranks.world_size() == 1:
+            return self.signum
+        t = torch.tensor([self.signum], dtype=torch.int64, device=ranks.device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
