@@ -165,16 +165,17 @@ class CheckpointManager:
                 return None
         return manifest
 
+    def newest_complete(self) -> dict | None:
+        """The manifest of the newest committed step whose objects all match it (torn ones are skipped)."""
+        for step in reversed(self.committed_steps()):
+            manifest = self.verify(step)
+            if manifest is not None:
+                return manifest
+        return None
+
     def load_latest(self) -> dict | None:
         """Restore the newest complete checkpoint into the engine; returns its trainer state (None: fresh)."""
-        chosen = None
-        if dist.is_main():
-            for step in reversed(self.committed_steps()):
-                manifest = self.verify(step)
-                if manifest is not None:
-                    chosen = manifest
-                    break
-        chosen = dist.all_gather_object(chosen)[0]
+        chosen = dist.all_gather_object(self.newest_complete() if dist.is_main() else None)[0]
         if chosen is None:
             return None
         tag = chosen["tag"]

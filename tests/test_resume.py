@@ -108,3 +108,31 @@ def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):
     assert steps[-3:] == [4, 5, 6]
     assert store.exists("model.pt") and json.loads(store.read_text("results.json"))["num_videos"] == 8
     assert store.exists("checkpoints/step_000000006/MANIFEST.json")
+
+
+def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
+    """A step without a manifest does not exist; a step whose objects do not match it is skipped; the newest
+    complete one is chosen (the full run keeps steps 28 and 30)."""
+    from msca.checkpoint import CheckpointManager
+    from msca.run_home import RunHome
+
+    import shutil
+
+    tmp, _ = runs
+    root = tmp / "store" / "runs" / "torn"  # a copy: the reference run stays intact for other tests
+    shutil.copytree(tmp / "store" / "runs" / "full" / "checkpoints", root / "checkpoints")
+    home = RunHome(str(root))
+    ckpt = CheckpointManager(engine=None, home=home)
+    assert ckpt.committed_steps() == [28, 30] and ckpt.newest_complete()["step"] == 30
+
+    torn = root / "checkpoints" / "step_000000099"
+    torn.mkdir()
+    (torn / "mp_rank_00_model_states.pt").write_bytes(b"half a save")  # no manifest: never committed
+    assert ckpt.committed_steps() == [28, 30]
+
+    manifest = json.loads((root / "checkpoints" / "step_000000030" / "MANIFEST.json").read_text())
+    victim = root / "checkpoints" / manifest["objects"][0]["key"]
+    victim.write_bytes(victim.read_bytes()[:-10])  # truncated upload
+    with caplog.at_level("WARNING"):
+        assert ckpt.newest_complete()["step"] == 28
+    assert "step_000000030" in caplog.text and "wrong size" in caplog.text
