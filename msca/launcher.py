@@ -82,8 +82,8 @@ def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
     handle = get_backend(cfg.cluster.backend).submit(spec, cfg.cluster)
     print(f"{handle.backend}: {handle.description}")
     if handle.returncode is None:
-        print(f"follow it: tail {home.local_dir}/metrics.jsonl; resume or re-attach: python launch.py "
-              f"run.name={cfg.run.name} [same overrides]")
+        print(f"follow it: tail -f {spec.log_dir}/rank0.log (metrics: {home.store.url('metrics.jsonl')}); once it "
+              f"has stopped, the same command with run.name={cfg.run.name} resumes it")
         return 0
     if handle.returncode == EXIT_STOPPED:
         print(f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
