@@ -3,8 +3,10 @@
 Protocol (design.md):
   1. every rank: engine.save_checkpoint(staging, tag, client_state)   (client_state: trainer counters and
      every rank's RNG states, gathered to rank 0, which is the rank whose model_states file holds it)
-  2. barrier; each node's local rank 0 uploads its staging files (a local store is written in place)
-  3. barrier; rank 0 writes checkpoints/<tag>/MANIFEST.json with every object's key, size and sha256
+  2. barrier; each node's local rank 0 uploads its staging files in a background thread while training goes
+     on (a local store is written in place and only hashed)
+  3. at the next save, a stop or the end (`wait()`): every rank joins its upload, then rank 0 writes
+     checkpoints/<tag>/MANIFEST.json with every object's key, size and sha256
   4. rank 0 applies retention (keep_last, keep_every), never touching the newest committed step
 A step without a manifest does not exist; one whose objects do not match their manifest is skipped.
 DeepSpeed's own `latest` file is never used for resume.
@@ -19,7 +21,9 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +66,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@dataclass
+class _Pending:
+    """A staged checkpoint whose upload runs in a background thread and whose commit waits for `wait()`."""
+
+    step: int
+    tag: str
+    trainer_state: dict
+    staged: Path
+    t0: float
+    entries: list = field(default_factory=list)
+    error: str = ""
+    thread: threading.Thread | None = None
+
+
 class CheckpointManager:
     def __init__(self, engine, home: RunHome, every_steps: int = 0, keep_last: int = 2, keep_every: int = 0,
-                 config_hash: str = ""):
+                 config_hash: str = "", background: bool = True):
         self.engine, self.home = engine, home
+        self.background = background
+        self._pending: _Pending | None = None
         self.every_steps, self.keep_last, self.keep_every = every_steps, keep_last, keep_every
         self.config_hash = config_hash
         self.store = home.store.child("checkpoints")
@@ -80,8 +100,11 @@ class CheckpointManager:
         return False
 
     def save(self, step: int, trainer_state: dict) -> None:
+        """Stage the checkpoint collectively, then upload (and hash) it in the background while training
+        goes on; the commit happens in `wait()`, which the next save, a stop and the end of training call."""
         if step == self.last_saved_step:
             return
+        self.wait()  # the previous checkpoint commits before a new one starts
         t0 = time.perf_counter()
         tag = tag_for(step)
         rngs = dist.all_gather_object(rng_state())
@@ -93,20 +116,40 @@ class CheckpointManager:
         dist.barrier()
         self.engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()
-        entries = self._publish(Path(root) / tag, tag)
-        gathered = dist.all_gather_object(entries)
+        pending = _Pending(step, tag, trainer_state, Path(root) / tag, t0)
+        pending.thread = threading.Thread(target=self._publish, args=(pending,), name=f"ckpt-{tag}", daemon=True)
+        pending.thread.start()
+        self._pending = pending
+        self.last_saved_step = step
+        log.info("checkpoint %s staged in %.1fs; uploading in the background", tag, time.perf_counter() - t0)
+        if not self.background:
+            self.wait()
+
+    def wait(self) -> None:
+        """Finish this node's upload of the pending checkpoint, then commit it: rank 0 writes the manifest
+        (last) and applies retention. Collective: every rank calls it at the same point."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.thread.join()
+        gathered = dist.all_gather_object(pending.error or pending.entries)
+        errors = [g for g in gathered if isinstance(g, str)]
+        if errors:
+            raise RuntimeError(f"checkpoint {self.store.url(pending.tag)} could not be uploaded, so it is not "
+                               f"committed (the previous one stays the resume point): {errors[0]}")
         if dist.is_main():
             objects = {e["key"]: e for part in gathered for e in part}
-            manifest = {"step": step, "tag": tag, "time": time.time(), "world_size": dist.world_size(),
-                        "trainer": trainer_state, "config_hash": self.config_hash,
+            manifest = {"step": pending.step, "tag": pending.tag, "time": time.time(),
+                        "world_size": dist.world_size(), "trainer": pending.trainer_state,
+                        "config_hash": self.config_hash,
                         "objects": sorted(objects.values(), key=lambda e: e["key"])}
-            self.store.write_text(f"{tag}/{MANIFEST}", json.dumps(manifest, indent=1))
-            self._retain(step)
+            self.store.write_text(f"{pending.tag}/{MANIFEST}", json.dumps(manifest, indent=1))
+            self._retain(pending.step)
         dist.barrier()
         if not self.in_place:
-            shutil.rmtree(Path(root) / tag, ignore_errors=True)
-        self.last_saved_step = step
-        log.info("checkpoint %s committed in %.1fs -> %s", tag, time.perf_counter() - t0, self.store.url(tag))
+            shutil.rmtree(pending.staged, ignore_errors=True)
+        log.info("checkpoint %s committed %.1fs after it started -> %s", pending.tag,
+                 time.perf_counter() - pending.t0, self.store.url(pending.tag))
 
     def _staging_root(self) -> str:
         if self.in_place:
@@ -115,19 +158,21 @@ class CheckpointManager:
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
-    def _publish(self, staged: Path, tag: str) -> list[dict]:
-        """This node's files -> the store; returns their manifest entries. In place: rank 0 lists all."""
+    def _publish(self, pending: "_Pending") -> None:
+        """(Background thread) this node's files -> the store, with their manifest entries. In place: rank 0
+        hashes everything. Errors are kept for `wait()` to report on every rank."""
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owner = dist.is_main() if self.in_place else local_rank == 0
-        if not owner or not staged.exists():
-            return []
-        entries = []
-        for f in sorted(p for p in staged.rglob("*") if p.is_file()):
-            key = f"{tag}/{f.relative_to(staged).as_posix()}"
-            if not self.in_place:
-                self.store.upload_file(str(f), key)
-            entries.append({"key": key, "size": f.stat().st_size, "sha256": sha256_file(f)})
-        return entries
+        if not owner or not pending.staged.exists():
+            return
+        try:
+            for f in sorted(p for p in pending.staged.rglob("*") if p.is_file()):
+                key = f"{pending.tag}/{f.relative_to(pending.staged).as_posix()}"
+                if not self.in_place:
+                    self.store.upload_file(str(f), key)
+                pending.entries.append({"key": key, "size": f.stat().st_size, "sha256": sha256_file(f)})
+        except Exception as err:  # noqa: BLE001 - reported by wait() on every rank
+            pending.error = f"{type(err).__name__}: {err}"
 
     def _retain(self, newest: int) -> None:
         steps = self.committed_steps()

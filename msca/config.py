@@ -117,6 +117,7 @@ class CheckpointConfig:
     every_epochs: int = 1  # save at the end of every N-th epoch (0: never at epoch ends)
     keep_last: int = 2  # committed checkpoints kept (the newest is never deleted)
     keep_every: int = 0  # also keep every step divisible by this (0: none)
+    background: bool = True  # upload while training continues; the next save / stop / end commits it
 
 
 @dataclass

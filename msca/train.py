@@ -110,7 +110,7 @@ class Trainer:
         dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
         self.ckpt = CheckpointManager(self.engine, home, every_steps=cfg.checkpoint.every_steps,
                                       keep_last=cfg.checkpoint.keep_last, keep_every=cfg.checkpoint.keep_every,
-                                      config_hash=identity_hash(cfg))
+                                      config_hash=identity_hash(cfg), background=cfg.checkpoint.background)
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
         self.stop = StopFlag()
@@ -172,6 +172,7 @@ class Trainer:
                 if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:
                     self.ckpt.save(state.step, asdict(state))
         self.ckpt.save(state.step, asdict(state))  # the final state (a no-op if just saved)
+        self.ckpt.wait()
         if progress is not None:
             progress.close()
         self.sync_metrics()
@@ -184,6 +185,7 @@ class Trainer:
             log.warning("stop requested (%s): saving step %d before exiting", signal.Signals(signum).name,
                         self.state.step)
             self.ckpt.save(self.state.step, asdict(self.state))
+            self.ckpt.wait()
             self.sync_metrics()
             raise StopRequested(self.state.step, signum)
 
