@@ -5,8 +5,9 @@ Protocol (design.md):
      every rank's RNG states, gathered to rank 0, which is the rank whose model_states file holds it)
   2. barrier; each node's local rank 0 uploads its staging files in a background thread while training goes
      on (a local store is written in place and only hashed)
-  3. at the next save, a stop or the end (`wait()`): every rank joins its upload, then rank 0 writes
-     checkpoints/<tag>/MANIFEST.json with every object's key, size and sha256
+  3. as soon as every rank's upload is done (`commit_if_ready()`, checked at step boundaries) or at the
+     latest at the next save, a stop or the end (`wait()`): rank 0 writes checkpoints/<tag>/MANIFEST.json
+     with every object's key, size and sha256
   4. rank 0 applies retention (keep_last, keep_every), never touching the newest committed step
 A step without a manifest does not exist; one whose objects do not match their manifest is skipped.
 DeepSpeed's own `latest` file is never used for resume.
@@ -121,8 +122,18 @@ class CheckpointManager:
         pending.thread.start()
         self._pending = pending
         self.last_saved_step = step
-        log.info("checkpoint %s staged in %.1fs; uploading in the background", tag, time.perf_counter() - t0)
+        log.debug("checkpoint %s staged in %.1fs; uploading in the background", tag, time.perf_counter() - t0)
         if not self.background:
+            self.wait()
+
+    def commit_if_ready(self) -> None:
+        """Commit the pending checkpoint as soon as every rank's upload has finished (one tiny all-reduce;
+        collective, so call it at a step boundary on every rank). Keeps the committed step close to the
+        newest save instead of one interval behind it."""
+        if self._pending is None:  # the same on every rank: pending is set by a collective save
+            return
+        finished = dist.all_reduce_sum([0.0 if self._pending.thread.is_alive() else 1.0])[0]
+        if finished == dist.world_size():
             self.wait()
 
     def wait(self) -> None:

@@ -161,6 +161,7 @@ class Trainer:
                     t0 = self._log_train(window, t0)
                     window = []
                 self.ckpt.maybe_save(state.step, asdict(state))
+                self.ckpt.commit_if_ready()
                 self._stop_if_requested()
                 if state.step >= self.total_steps:
                     break

@@ -15,7 +15,7 @@ TINY_MODEL = ["model.patch_size=8", "model.embed_dim=32", "model.depth=2", "mode
 def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
     return [
         f"run.name={name}", f"store.root={tmp / 'store'}", f"data.root={data_root}",
-        "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2", "data.synthetic.frames=16",
+        "data.synthetic.classes=4", "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2", "data.synthetic.frames=16",
         "data.synthetic.height=40", "data.synthetic.width=52",
         "data.crop_size=32", "data.train_short_side=[36,44]", "data.test_short_side=36", "data.stride=2",
         "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=4", "data.test_clips=1", "data.test_crops=1",

@@ -39,8 +39,11 @@ def test_background_upload_commits_only_on_wait(s3_env, tmp_path, monkeypatch):
     ckpt.save(5, {"epoch": 0, "position": 10, "step": 5})
     assert not ckpt.store.exists("step_000000005/MANIFEST.json")  # training goes on; nothing committed yet
     assert ckpt.committed_steps() == []
+    ckpt.commit_if_ready()  # still uploading: a step boundary does not wait for it
+    assert ckpt.committed_steps() == []
     release.set()
-    ckpt.wait()
+    ckpt._pending.thread.join()
+    ckpt.commit_if_ready()  # uploads done: committed at the next step boundary
     manifest = json.loads(ckpt.store.read_text("step_000000005/MANIFEST.json"))
     assert manifest["trainer"] == {"epoch": 0, "position": 10, "step": 5}
     for obj in manifest["objects"]:
