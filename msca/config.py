@@ -72,6 +72,7 @@ class ModelConfig:
     mlp_ratio: Optional[float] = None
     shift: Optional[str] = None
     shift_div: Optional[int] = None
+    drop_path_rate: Optional[float] = None  # stochastic depth (0 in the original recipe)
     pretrained: Optional[str] = None  # .npz (Google jax ViT) or torch state dict; path or s3:// URI
 
 

@@ -53,7 +53,8 @@ def seed_everything(seed: int) -> None:
 
 def model_overrides(model_cfg: DictConfig, num_classes: int) -> dict:
     """The model section as create_model keywords: unset (None) fields keep the preset's value."""
-    keys = ("num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "shift", "shift_div")
+    keys = ("num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "shift", "shift_div",
+            "drop_path_rate")
     out = {k: model_cfg[k] for k in keys if model_cfg[k] is not None}
     out["num_classes"] = model_cfg.num_classes or num_classes
     return out
@@ -102,6 +103,7 @@ class Trainer:
             )
 
         model = build_model(cfg.model, self.train_set.num_classes, cfg.store.endpoint_url)
+        seed_everything(cfg.seed + 1 + dist.rank())  # from here on, per-rank streams (drop-path, dropout)
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_scheduler(optimizer, cfg.train, self.steps_per_epoch)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

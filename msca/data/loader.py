@@ -58,14 +58,20 @@ class ReadAheadBatchSampler(Sampler):
 
 def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, drop_last: bool = False,
                  pin_memory: bool = False, read_ahead: int = 1) -> DataLoader:
-    """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`)."""
+    """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`).
+
+    The loader gets a private generator: every new iterator draws a worker base seed, and from the global
+    torch RNG that draw would shift the training stream (dropout, drop-path) differently in a resumed run
+    than in an uninterrupted one. Our samples never use that seed (their randomness is (seed, epoch, index))."""
+    generator = torch.Generator().manual_seed(0)
     if num_workers > 0:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                           collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last,
-                          persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
+                          persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2,
+                          generator=generator)
     if hasattr(dataset, "prefetch"):
         batches = ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead)
-        return DataLoader(dataset, batch_sampler=batches,
-                          collate_fn=collate_clips, pin_memory=pin_memory)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, pin_memory=pin_memory,
+                          generator=generator)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips,
-                      pin_memory=pin_memory, drop_last=drop_last)
+                      pin_memory=pin_memory, drop_last=drop_last, generator=generator)
