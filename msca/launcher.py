@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import getpass
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -21,10 +20,10 @@ from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
 from msca.storage import is_remote
 
-log = logging.getLogger("msca.launch")
+
 
 class ConfigMismatch(ValueError):
-    pass
+    """An existing run name was launched with a config that would compute something else."""
 
 
 def absolutize(cfg: DictConfig) -> None:
@@ -108,6 +107,8 @@ def launch_variants(cfg: DictConfig, overrides: list[str], compose) -> int:
         sub = compose([o for o in overrides if not o.startswith(("model=", "run.name="))] + extra)
         code = launch_one(sub, overrides + extra) or code
         homes.append(RunHome(run_uri(sub.store.root, sub.run.name), sub.store.endpoint_url))
+        if code == EXIT_STOPPED:  # Ctrl-C stops the comparison, not just this variant
+            return code
     if cfg.cluster.foreground:
         print(comparison_table(homes))
     else:
@@ -116,6 +117,7 @@ def launch_variants(cfg: DictConfig, overrides: list[str], compose) -> int:
 
 
 def launch(cfg: DictConfig, overrides: list[str], compose) -> int:
+    validate(cfg)  # before anything is written or started
     if cfg.run.variants:
         return launch_variants(cfg, overrides, compose)
     return launch_one(cfg, overrides)
