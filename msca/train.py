@@ -201,8 +201,8 @@ class Trainer:
 
     def _log_train(self, window: list[float], t0: float) -> float:
         now = time.perf_counter()
-        loss, clips = dist.all_reduce_mean([float(np.mean(window)), 0.0])[0], len(window) * self.cfg.data.batch_size
-        clips_per_s = clips * dist.world_size() / max(now - t0, 1e-9)
+        loss = dist.all_reduce_mean([float(np.mean(window))])[0]  # (micro-batch losses since the last log)
+        clips_per_s = len(window) * self.cfg.data.batch_size * dist.world_size() / max(now - t0, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         self.metrics.log("train", self.state.step, epoch=self.state.epoch, loss=loss, lr=lr, clips_per_s=clips_per_s)
         log.debug("step %d loss %.4f lr %.3g %.1f clips/s", self.state.step, loss, lr, clips_per_s)
