@@ -25,7 +25,10 @@ class SyntheticConfig:
     width: int = 86
     kind: str = "hue"           # "hue": colour cycling forward/backward (default); "scroll": vertical motion
     speed: float = 1.0          # scroll: px/frame of the slowest class; class pair j moves at (2j+1)*speed
-    hue_speed: float = 0.01     # hue: turns/frame of the slowest class; class pair j turns at (2j+1)*hue_speed
+    hue_speed: float = 0.025    # hue: turns/frame of the slowest class; class pair j turns at (2j+1)*hue_speed.
+    #                             With the default stride 4 that is 0.1 turns (36 deg) between sampled frames: at
+    #                             0.04 turns the direction cue was so weak that training sat at chance for a
+    #                             seed-dependent number of epochs (issue 7)
     quality: int = 90           # JPEG quality
     seed: int = 0
 

@@ -182,11 +182,25 @@ def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}
     return info
 
 
+def check_generated_with(store: Store, cfg: SyntheticConfig) -> None:
+    """An existing set must have been generated with `cfg`: reusing one made with other settings would train on
+    data that the run's config.yaml does not describe."""
+    if not store.exists("synthetic.json"):
+        return
+    have = json.loads(store.read_text("synthetic.json")).get("config", {})
+    diff = {k: (have.get(k), v) for k, v in asdict(cfg).items() if have.get(k) != v}
+    if diff:
+        pairs = ", ".join(f"data.synthetic.{k}={want!r} (found {got!r})" for k, (got, want) in sorted(diff.items()))
+        raise ValueError(f"{store.uri} holds a synthetic set generated with other settings: {pairs}; "
+                         f"point data.root at another folder or delete that one")
+
+
 def ensure_synthetic(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}.jpg") -> bool:
     """Generate the dataset at `store` unless its list files exist. Safe when several ranks call it at once:
     a local root is generated in a private temp dir and renamed into place (the loser discards its copy); on
     S3 every rank writes identical objects (deterministic generation) with the lists last. True if generated."""
     if store.exists(TRAIN_LIST) and store.exists(VAL_LIST):
+        check_generated_with(store, cfg)
         return False
     if not isinstance(store, LocalStore):
         generate(store, cfg, frame_format)
