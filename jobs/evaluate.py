@@ -47,7 +47,7 @@ def write_results(home: RunHome, res: dict, plots: bool = True) -> None:
     local = home.local_dir
     plot_confusion(res["confusion"], res["class_names"], local / "confusion.png",
                    title=f"{res['model']}: top-1 {100 * res['top1']:.1f}%")
-    plot_curves(read_metrics(local / "metrics.jsonl"), local / "curves.png", title=f"{home.name} ({res['model']})")
+    plot_curves(read_metrics(home.store), local / "curves.png", title=f"{home.name} ({res['model']})")
     home.sync_up("confusion.png")
     home.sync_up("curves.png")
 

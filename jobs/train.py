@@ -1,13 +1,17 @@
 """Train job: every rank reads the run's config, joins the process group, trains, then (optionally)
-evaluates."""
+evaluates. Rank 0 holds the run's lease and writes this attempt's record in the ledger for the whole job."""
 from __future__ import annotations
 
 import io
 import logging
+import socket
 
 import torch
 
 from msca import dist
+from msca.collective import agreed
+from msca.preemption import StopRequested
+from msca.session import RunSession
 from msca.train import Trainer
 
 from jobs.base import Job
@@ -23,14 +27,35 @@ class Train(Job):
     def __call__(self) -> dict:
         home = self.start()
         cfg = home.config()
-        trainer = Trainer(cfg, home)
+        hosts = dist.all_gather_object(socket.gethostname())
+        session = agreed(lambda: RunSession.open(home, hosts, dist.world_size()) if dist.is_main() else None,
+                         "taking the run's lease")
+        try:
+            result = self.train(cfg, home, session)
+        except StopRequested:
+            if session is not None:
+                session.close("stopped")
+            raise
+        except BaseException as err:
+            if session is not None:
+                session.close("failed", f"{type(err).__name__}: {err}")
+            raise
+        if session is not None:
+            session.close("finished")
+        return result
+
+    def train(self, cfg, home, session) -> dict:
+        trainer = Trainer(cfg, home, session)
         state = trainer.fit()
         weights = trainer.final_weights()
-        if dist.is_main():
-            buf = io.BytesIO()
-            torch.save(weights, buf)
-            home.store.write_bytes("model.pt", buf.getvalue())
-        dist.barrier()
+
+        def save_weights():
+            if dist.is_main():
+                buf = io.BytesIO()
+                torch.save(weights, buf)
+                home.store.write_bytes("model.pt", buf.getvalue())
+
+        agreed(save_weights, "writing model.pt")
         result = {"step": state.step, "epoch": state.epoch}
         if cfg.eval.at_end:
             result.update(evaluate_run(cfg, home, forward=trainer.engine.eval()))

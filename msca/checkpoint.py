@@ -2,15 +2,20 @@
 
 Protocol (design.md):
   1. every rank: engine.save_checkpoint(staging, tag, client_state)   (client_state: trainer counters and
-     every rank's RNG states, gathered to rank 0, which is the rank whose model_states file holds it)
-  2. barrier; each node's local rank 0 uploads its staging files in a background thread while training goes
-     on (a local store is written in place and only hashed)
+     every rank's RNG states, gathered to rank 0, which is the rank whose model_states file holds it). A step
+     that exists in the store (reached again after a crash) is uncommitted and cleared first.
+  2. each rank uploads exactly the files it wrote (`owner_of`: DeepSpeed's `zero_pp_rank_N_` names say which;
+     the rest are rank 0's), from node-local staging, in a background thread while training goes on (a local
+     store is written in place and only hashed)
   3. as soon as every rank's upload is done (`commit_if_ready()`, checked at step boundaries) or at the
      latest at the next save, a stop or the end (`wait()`): rank 0 writes checkpoints/<tag>/MANIFEST.json
      with every object's key, size and sha256
-  4. rank 0 applies retention (keep_last, keep_every), never touching the newest committed step
-A step without a manifest does not exist; one whose objects do not match their manifest is skipped.
-DeepSpeed's own `latest` file is never used for resume.
+  4. rank 0 applies retention (keep_last, keep_every, torn steps older than the newest commit), never
+     touching the newest committed step; a retention failure is logged, not fatal
+Resume: each rank fetches (once per node) and verifies the objects it loads before DeepSpeed sees them; any
+missing, truncated or altered object makes all ranks fall back to the next older committed step together.
+Every section with rank-0-only work is `agreed`: an error on one rank reaches all. DeepSpeed's own `latest`
+file is never used.
 """
 from __future__ import annotations
 
@@ -26,11 +31,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from msca import dist
+from msca.collective import agreed, from_main
 from msca.run_home import RunHome
 from msca.storage import is_remote
 
@@ -38,10 +45,32 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
 TAG = re.compile(r"^step_(\d{9})$")
+RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:09d}"
+
+
+def owner_of(filename: str) -> int:
+    """The global rank that wrote a DeepSpeed checkpoint file: `*zero_pp_rank_N_*` files are rank N's (optimizer
+    shards; ZeRO-3 parameter shards), the rest (mp_rank_00_model_states.pt) rank 0's."""
+    m = RANK_FILE.search(filename)
+    return int(m.group(1)) if m else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def staging_root(configured: Optional[str], home: RunHome) -> Path:
+    """Node-local scratch for this run's checkpoint files: `checkpoint.staging_dir`, else $SLURM_TMPDIR, else
+    $TMPDIR / the system temp dir (never $HOME, which clusters share over NFS with a quota)."""
+    base = configured or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
+    digest = hashlib.sha1(home.uri.encode()).hexdigest()[:10]
+    path = Path(os.path.expanduser(base)) / "msca-staging" / f"{home.name}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -83,19 +112,33 @@ class _Pending:
 
 class CheckpointManager:
     def __init__(self, engine, home: RunHome, every_steps: int = 0, keep_last: int = 2, keep_every: int = 0,
-                 config_hash: str = "", background: bool = True):
+                 config_hash: str = "", background: bool = True, every_minutes: float = 0.0,
+                 staging_dir: Optional[str] = None, before_commit: Optional[Callable[[], None]] = None,
+                 on_commit: Optional[Callable[[int, float], None]] = None):
         self.engine, self.home = engine, home
         self.background = background
         self._pending: _Pending | None = None
         self.every_steps, self.keep_last, self.keep_every = every_steps, keep_last, keep_every
+        self.every_s = 60.0 * every_minutes
         self.config_hash = config_hash
         self.store = home.store.child("checkpoints")
         self.in_place = not is_remote(home.uri)  # a local (shared) store: DeepSpeed writes into it directly
+        self.staging = Path(self.store.url()) if self.in_place else staging_root(staging_dir, home)
+        self.before_commit = before_commit  # rank 0, just before a manifest is written (e.g. "do we still hold
+        self.on_commit = on_commit          # the lease?"); on_commit(step, seconds the loop waited for it)
         self.last_saved_step = -1
+        self.last_save_time = time.monotonic()
+        self.stall_s = 0.0  # time the training loop spent inside save/wait (what background uploads hide)
 
     # ----------------------------------------------------------------------------------------------- save
     def maybe_save(self, step: int, trainer_state: dict) -> bool:
-        if self.every_steps and step % self.every_steps == 0 and step != self.last_saved_step:
+        """Save on the step interval or, with every_minutes, when the agreed clock says so (for node loss
+        without warning, a time-based interval bounds the work lost)."""
+        due = bool(self.every_steps) and step % self.every_steps == 0
+        if self.every_s and not due:  # rank 0's clock decides, so every rank saves at the same step
+            late = dist.is_main() and time.monotonic() - self.last_save_time >= self.every_s
+            due = dist.all_reduce_sum([1.0 if late else 0.0])[0] > 0
+        if due and step != self.last_saved_step:
             self.save(step, trainer_state)
             return True
         return False
@@ -111,20 +154,28 @@ class CheckpointManager:
         rngs = dist.all_gather_object(rng_state())
         client_state = {"trainer": trainer_state, "rng": rngs, "world_size": dist.world_size(),
                         "config_hash": self.config_hash}
-        root = self._staging_root()
-        if dist.is_main():
-            shutil.rmtree(Path(root) / tag, ignore_errors=True)  # leftovers of a torn save of this step
+        agreed(lambda: self._clear(tag), f"preparing checkpoint {tag}")
+        self.engine.save_checkpoint(str(self.staging), tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()
-        self.engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
-        dist.barrier()
-        pending = _Pending(step, tag, trainer_state, Path(root) / tag, t0)
+        pending = _Pending(step, tag, trainer_state, self.staging / tag, t0)
         pending.thread = threading.Thread(target=self._publish, args=(pending,), name=f"ckpt-{tag}", daemon=True)
         pending.thread.start()
         self._pending = pending
-        self.last_saved_step = step
+        self.last_saved_step, self.last_save_time = step, time.monotonic()
+        self.stall_s += time.perf_counter() - t0
         log.debug("checkpoint %s staged in %.1fs; uploading in the background", tag, time.perf_counter() - t0)
         if not self.background:
             self.wait()
+
+    def _clear(self, tag: str) -> None:
+        """A step being saved again (reached again after a crash) is uncommitted first, then its old objects and
+        any leftovers of a torn save are removed, so a manifest never names a mix of two saves."""
+        if dist.is_main():
+            self.store.delete(f"{tag}/{MANIFEST}")
+            if not self.in_place:
+                self.store.delete_prefix(tag + "/")
+        if (dist.is_main() if self.in_place else local_rank() == 0):
+            shutil.rmtree(self.staging / tag, ignore_errors=True)
 
     def commit_if_ready(self) -> None:
         """Commit the pending checkpoint as soon as every rank's upload has finished (one tiny all-reduce;
@@ -137,47 +188,55 @@ class CheckpointManager:
             self.wait()
 
     def wait(self) -> None:
-        """Finish this node's upload of the pending checkpoint, then commit it: rank 0 writes the manifest
+        """Finish this rank's upload of the pending checkpoint, then commit it: rank 0 writes the manifest
         (last) and applies retention. Collective: every rank calls it at the same point."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
+        t0 = time.perf_counter()
         pending.thread.join()
         gathered = dist.all_gather_object(pending.error or pending.entries)
-        errors = [g for g in gathered if isinstance(g, str)]
+        errors = [(r, g) for r, g in enumerate(gathered) if isinstance(g, str)]
         if errors:
-            raise RuntimeError(f"checkpoint {self.store.url(pending.tag)} could not be uploaded, so it is not "
-                               f"committed (the previous one stays the resume point): {errors[0]}")
+            raise RuntimeError(f"checkpoint {self.store.url(pending.tag)} could not be uploaded by rank "
+                               f"{errors[0][0]}, so it is not committed (the previous one stays the resume "
+                               f"point): {errors[0][1]}")
+        agreed(lambda: self._write_manifest(pending, [e for part in gathered for e in part]),
+               f"committing checkpoint {pending.tag}")
         if dist.is_main():
-            objects = {e["key"]: e for part in gathered for e in part}
-            manifest = {"step": pending.step, "tag": pending.tag, "time": time.time(),
-                        "world_size": dist.world_size(), "trainer": pending.trainer_state,
-                        "config_hash": self.config_hash,
-                        "objects": sorted(objects.values(), key=lambda e: e["key"])}
-            self.store.write_text(f"{pending.tag}/{MANIFEST}", json.dumps(manifest, indent=1))
-            self._retain(pending.step)
-        dist.barrier()
-        if not self.in_place:
+            try:
+                self._retain(pending.step)
+            except Exception as err:  # noqa: BLE001 - retention never costs the run
+                log.warning("checkpoint retention failed (%s); older checkpoints stay until the next commit", err)
+        if not self.in_place and local_rank() == 0:
             shutil.rmtree(pending.staged, ignore_errors=True)
+        stall = time.perf_counter() - t0
+        self.stall_s += stall
+        if self.on_commit is not None and dist.is_main():
+            self.on_commit(pending.step, stall)
         log.info("checkpoint %s committed %.1fs after it started -> %s", pending.tag,
                  time.perf_counter() - pending.t0, self.store.url(pending.tag))
 
-    def _staging_root(self) -> str:
-        if self.in_place:
-            return str(Path(self.store.url()))
-        path = self.home.local_dir / "staging"
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
+    def _write_manifest(self, pending: "_Pending", entries: list) -> None:
+        if not dist.is_main():
+            return
+        if self.before_commit is not None:
+            self.before_commit()
+        manifest = {"step": pending.step, "tag": pending.tag, "time": time.time(),
+                    "world_size": dist.world_size(), "trainer": pending.trainer_state,
+                    "config_hash": self.config_hash, "objects": sorted(entries, key=lambda e: e["key"])}
+        self.store.write_text(f"{pending.tag}/{MANIFEST}", json.dumps(manifest, indent=1))
 
     def _publish(self, pending: "_Pending") -> None:
-        """(Background thread) this node's files -> the store, with their manifest entries. In place: rank 0
-        hashes everything. Errors are kept for `wait()` to report on every rank."""
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        owner = dist.is_main() if self.in_place else local_rank == 0
-        if not owner or not pending.staged.exists():
+        """(Background thread) the files this rank wrote -> the store, with their manifest entries (in place:
+        only hashed). Leftovers of other saves cannot be among them: the step's folder was cleared first.
+        Errors are kept for `wait()` to report on every rank."""
+        if not pending.staged.exists():
             return
         try:
             for f in sorted(p for p in pending.staged.rglob("*") if p.is_file()):
+                if owner_of(f.name) != dist.rank():
+                    continue
                 key = f"{pending.tag}/{f.relative_to(pending.staged).as_posix()}"
                 if not self.in_place:
                     self.store.upload_file(str(f), key)
@@ -196,47 +255,135 @@ class CheckpointManager:
                 tag = tag_for(s)
                 self.store.delete(f"{tag}/{MANIFEST}")  # uncommit first: a half-deleted step never looks whole
                 self.store.delete_prefix(tag + "/")
+        for s in self.torn_steps():
+            if s < newest:  # a torn step older than a commit will never be completed: reclaim its space
+                log.info("removing torn checkpoint %s (never committed)", tag_for(s))
+                self.store.delete_prefix(tag_for(s) + "/")
 
     # ----------------------------------------------------------------------------------------------- load
-    def committed_steps(self) -> list[int]:
-        steps = set()
+    def _steps(self) -> tuple[set, set]:
+        """(steps with any object, steps with a manifest) in the store."""
+        present, committed = set(), set()
         for key in self.store.list(""):
             top, _, rest = key.partition("/")
             m = TAG.match(top)
-            if m and rest == MANIFEST:
-                steps.add(int(m.group(1)))
-        return sorted(steps)
+            if m:
+                present.add(int(m.group(1)))
+                if rest == MANIFEST:
+                    committed.add(int(m.group(1)))
+        return present, committed
 
-    def verify(self, step: int) -> dict | None:
-        """The manifest if every object exists with its recorded size, else None (with a warning)."""
-        tag = tag_for(step)
+    def committed_steps(self) -> list[int]:
+        return sorted(self._steps()[1])
+
+    def torn_steps(self) -> list[int]:
+        present, committed = self._steps()
+        return sorted(present - committed)
+
+    def read_manifest(self, step: int) -> dict:
+        return json.loads(self.store.read_text(f"{tag_for(step)}/{MANIFEST}"))
+
+    def verify(self, step: int, deep: bool = True) -> str:
+        """'' if every object of the step matches its manifest (size; sha256 when deep), else what is wrong."""
         try:
-            manifest = json.loads(self.store.read_text(f"{tag}/{MANIFEST}"))
-        except (ValueError, FileNotFoundError) as err:
-            log.warning("checkpoint %s: unreadable manifest (%s); skipping it", tag, err)
-            return None
+            manifest = self.read_manifest(step)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            return f"unreadable manifest ({err})"
         for obj in manifest["objects"]:
-            if not self.store.exists(obj["key"]) or self.store.size(obj["key"]) != obj["size"]:
-                log.warning("checkpoint %s: %s is missing or has the wrong size; skipping this step", tag, obj["key"])
-                return None
-        return manifest
+            problem = self._check_object(obj, deep)
+            if problem:
+                return problem
+        return ""
+
+    def _check_object(self, obj: dict, deep: bool, local: Optional[Path] = None) -> str:
+        """'' if the object (in the store, or its downloaded copy `local`) has the manifest's size and hash."""
+        url = self.store.url(obj["key"])
+        try:
+            size = local.stat().st_size if local else self.store.size(obj["key"])
+        except FileNotFoundError:
+            return f"{url} is missing"
+        if size != obj["size"]:
+            return f"{url} has {size} bytes, its manifest says {obj['size']} (truncated or replaced)"
+        if deep:
+            path = local or (Path(url) if self.in_place else None)
+            if path is not None and sha256_file(path) != obj["sha256"]:
+                return f"{url} does not match its manifest checksum (altered)"
+        return ""
 
     def newest_complete(self) -> dict | None:
-        """The manifest of the newest committed step whose objects all match it (torn ones are skipped)."""
+        """The manifest of the newest committed step whose objects all match it (sizes; hashes are checked
+        when resuming). For status tools: the resume itself runs `load_latest`."""
         for step in reversed(self.committed_steps()):
-            manifest = self.verify(step)
-            if manifest is not None:
-                return manifest
+            problem = self.verify(step, deep=False)
+            if not problem:
+                return self.read_manifest(step)
+            log.warning("checkpoint %s: %s; skipping this step", tag_for(step), problem)
         return None
 
     def load_latest(self) -> dict | None:
-        """Restore the newest complete checkpoint into the engine; returns its trainer state (None: fresh)."""
-        chosen = dist.all_gather_object(self.newest_complete() if dist.is_main() else None)[0]
-        if chosen is None:
-            return None
-        tag = chosen["tag"]
-        root = self._fetch(chosen)
-        load_path, client_state = self.engine.load_checkpoint(root, tag=tag, load_module_strict=True,
+        """Restore the newest committed checkpoint whose objects verify into the engine; returns its trainer
+        state (None: a fresh start). All ranks walk the committed steps newest first and agree on each."""
+        steps = from_main(self.committed_steps, "listing committed checkpoints")
+        for step in reversed(steps):
+            tag = tag_for(step)
+            manifest = from_main(lambda: self.read_manifest(step), f"reading the manifest of {tag}")
+            root = self.staging if self.in_place else self.staging / "restore"
+            try:
+                problems = dist.all_gather_object(self._fetch(manifest, root))
+                problem = next((p for p in problems if p), "")
+                if problem:
+                    log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
+                    continue
+                state = self._load(root, manifest)
+            finally:
+                dist.barrier()  # every rank has finished reading before the download is removed
+                if not self.in_place and local_rank() == 0:
+                    shutil.rmtree(root, ignore_errors=True)
+            return state
+        if steps:
+            log.warning("none of the %d committed checkpoints of %s verifies: starting from scratch", len(steps),
+                        self.store.url())
+        return None
+
+    def _my_objects(self, manifest: dict) -> list:
+        """The objects this rank fetches and checks: its own shards when the world size is unchanged (each rank
+        loads only those), and on each node's first rank everything else (shared by the node's ranks)."""
+        same_world = manifest["world_size"] == dist.world_size()
+        mine = []
+        for obj in manifest["objects"]:
+            name = obj["key"].rsplit("/", 1)[-1]
+            if same_world and RANK_FILE.search(name):
+                if owner_of(name) == dist.rank():
+                    mine.append(obj)
+            elif local_rank() == 0:
+                mine.append(obj)
+        return mine
+
+    def _fetch(self, manifest: dict, root: Path) -> str:
+        """Download (S3) and verify this rank's objects under root; '' or the first problem, naming it."""
+        try:
+            if not self.in_place and local_rank() == 0:
+                shutil.rmtree(root, ignore_errors=True)
+            dist.barrier()
+            for obj in self._my_objects(manifest):
+                local = None
+                if not self.in_place:
+                    local = root / obj["key"]
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        self.store.download_file(obj["key"], str(local))
+                    except FileNotFoundError:
+                        return f"{self.store.url(obj['key'])} is missing"
+                problem = self._check_object(obj, deep=True, local=local)
+                if problem:
+                    return problem
+            return ""
+        except Exception as err:  # noqa: BLE001 - agreed by every rank, then a fallback or a clear error
+            return f"{type(err).__name__}: {err}"
+
+    def _load(self, root: Path, manifest: dict) -> dict:
+        tag = manifest["tag"]
+        load_path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_module_strict=True,
                                                               load_optimizer_states=True,
                                                               load_lr_scheduler_states=True)
         if load_path is None:
@@ -246,22 +393,6 @@ class CheckpointManager:
         else:
             log.warning("checkpoint %s was written by %s ranks, now %d: RNG streams are not restored",
                         tag, client_state.get("world_size"), dist.world_size())
-        if not self.in_place:
-            shutil.rmtree(Path(root), ignore_errors=True)
-        self.last_saved_step = chosen["step"]
-        log.info("resumed from %s (step %d)", self.store.url(tag), chosen["step"])
+        self.last_saved_step = manifest["step"]
+        log.info("resumed from %s (step %d)", self.store.url(tag), manifest["step"])
         return client_state["trainer"]
-
-    def _fetch(self, manifest: dict) -> str:
-        """A local directory holding the checkpoint (checksums verified on download)."""
-        if self.in_place:
-            return str(Path(self.store.url()))
-        root = Path(tempfile.mkdtemp(prefix="ckpt-", dir=self.home.local_dir))
-        for obj in manifest["objects"]:
-            dest = root / obj["key"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.store.download_file(obj["key"], str(dest))
-            if sha256_file(dest) != obj["sha256"]:
-                raise RuntimeError(f"{self.store.url(obj['key'])} does not match its manifest checksum: "
-                                   f"the checkpoint is corrupt; delete {self.store.url(manifest['tag'])} to fall back")
-        return str(root)

@@ -119,6 +119,9 @@ class CheckpointConfig:
     keep_last: int = 2  # committed checkpoints kept (the newest is never deleted)
     keep_every: int = 0  # also keep every step divisible by this (0: none)
     background: bool = True  # upload while training continues; the next save / stop / end commits it
+    every_minutes: float = 0.0  # also save when this long has passed since the last save (0: off); bounds the
+    #                             work lost to a node that dies without warning
+    staging_dir: Optional[str] = None  # node-local scratch for checkpoint files (None: $SLURM_TMPDIR or $TMPDIR)
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Rank-0 metrics: one JSON line per record in the run home (`metrics.jsonl`) plus TensorBoard scalars.
 
-JSON lines are the durable record (plots and comparisons read them); TensorBoard is for watching.
+JSON lines are the durable record (plots and comparisons read them); TensorBoard is for watching. The store's
+copy is the history: an attempt (perhaps on another machine with an empty cache) starts from it, keeps the
+records up to the step it resumed from and drops the rest (they are recomputed), so every step appears exactly
+once however often the run was interrupted. TensorBoard gets the same cut through `purge_step`.
 """
 from __future__ import annotations
 
@@ -8,19 +11,48 @@ import json
 import time
 from pathlib import Path
 
+from msca.storage import Store
+
+FILE = "metrics.jsonl"
+
+
+def parse_metrics(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_metrics(store: Store) -> list[dict]:
+    """The run's metric history from its store."""
+    return parse_metrics(store.read_text(FILE)) if store.exists(FILE) else []
+
+
+def history_until(store: Store, step: int) -> list[dict]:
+    """The store's records up to and including `step` (those after it belong to work that was lost)."""
+    return [r for r in read_metrics(store) if r["step"] <= step]
+
 
 class MetricsLogger:
-    def __init__(self, local_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, local_dir: Path, store: Store, resume_step: int = 0, enabled: bool = True,
+                 tensorboard: bool = True):
+        """Appends to `local_dir/metrics.jsonl` after writing the store's history up to `resume_step` there
+        (for a local store the two are the same file)."""
         self.enabled = enabled
-        self.path = Path(local_dir) / "metrics.jsonl"
+        self.path = Path(local_dir) / FILE
         self.writer = None
-        if enabled and tensorboard:
+        if not enabled:
+            return
+        kept = history_until(store, resume_step)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        tmp = self.path.with_name(f".{FILE}.tmp")
+        tmp.write_text(text)
+        tmp.replace(self.path)
+        if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional at run time
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(Path(local_dir) / "tb"), flush_secs=30)
+                self.writer = SummaryWriter(log_dir=str(Path(local_dir) / "tb"), flush_secs=30,
+                                            purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
@@ -40,10 +72,3 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -125,6 +125,10 @@ class Store:
     def delete(self, key: str) -> None: raise NotImplementedError
     def upload_file(self, local_path: str, key: str) -> None: raise NotImplementedError
     def download_file(self, key: str, local_path: str) -> None: raise NotImplementedError
+    # Conditional writes (leases): a version is an opaque token of one object's content (S3: its ETag).
+    def read_versioned(self, key: str) -> Tuple[bytes, str]: raise NotImplementedError
+    def write_if_absent(self, key: str, data: bytes) -> bool: raise NotImplementedError
+    def write_if_version(self, key: str, data: bytes, version: str) -> bool: raise NotImplementedError
 
     # --- shared helpers -----------------------------------------------------------------------------------------
     def read_text(self, key: str, encoding: str = "utf-8") -> str:
@@ -279,6 +283,42 @@ class LocalStore(Store):
             except OSError:  # not empty (or gone)
                 break
             parent = os.path.dirname(parent)
+
+    def read_versioned(self, key: str) -> Tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` with `data` unless it exists: the content is written to a temp file, then hard-linked
+        into place (link(2) fails if the name exists, atomically, also on NFS)."""
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def write_if_version(self, key: str, data: bytes, version: str) -> bool:
+        """Replace `key` only if its content still has `version` (compare and swap under an flock)."""
+        import fcntl
+
+        path = self._path(key)
+        with open(f"{path}.tmp-lock", "a+b") as lock:  # ".tmp-": list() never shows it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.read_versioned(key)[1]
+            except FileNotFoundError:
+                return False
+            if current != version:
+                return False
+            self.write_bytes(key, data)
+            return True
 
     def upload_file(self, local_path: str, key: str) -> None:
         path = self._path(key)
@@ -589,8 +629,41 @@ class S3Store(Store):
         c = self.conn.client()
         for i in range(0, len(keys), 1000):
             objs = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
-            self._call(c.delete_objects, prefix, Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True})
+            resp = self._call(c.delete_objects, prefix, Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True})
+            if resp.get("Errors"):  # the request succeeded, some keys did not: say which
+                e = resp["Errors"][0]
+                raise OSError(f"could not delete {len(resp['Errors'])} object(s) under {self.url(prefix)}, e.g. "
+                              f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}")
         return len(keys)
+
+    def read_versioned(self, key: str) -> Tuple[bytes, str]:
+        c = self.conn.client()
+        resp = self._call(c.get_object, key, Bucket=self.bucket, Key=self._key(key))
+        try:
+            return resp["Body"].read(), resp["ETag"]
+        finally:
+            resp["Body"].close()
+
+    def _put_conditional(self, key: str, data: bytes, **condition) -> bool:
+        """PUT with If-None-Match / If-Match; False when the server says the condition failed (412/409)."""
+        c = self.conn.client()
+        try:
+            c.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            return True
+        except botocore.exceptions.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise self._error(e, key) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._error(e, key) from e
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_conditional(key, data, IfNoneMatch="*")
+
+    def write_if_version(self, key: str, data: bytes, version: str) -> bool:
+        return self._put_conditional(key, data, IfMatch=version)
 
     def upload_file(self, local_path: str, key: str) -> None:
         """Multipart + parallel above 16 MiB (boto3's transfer manager)."""

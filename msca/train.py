@@ -29,6 +29,7 @@ from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
 from msca.preemption import StopFlag, StopRequested
 from msca.run_home import RunHome
+from msca.session import RunSession
 from msca.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,11 @@ def fetch_local(uri: str, endpoint_url: str | None = None) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, home: RunHome):
+    def __init__(self, cfg: DictConfig, home: RunHome, session: RunSession | None = None):
+        """`session`: rank 0's lease and attempt record (None on other ranks and in tools)."""
         import deepspeed
 
-        self.cfg, self.home = cfg, home
+        self.cfg, self.home, self.session = cfg, home, session
         self.device = dist.device()
         self.dtype = DTYPES[cfg.deepspeed.precision]
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -111,12 +113,19 @@ class Trainer:
         )
         dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
         self.ckpt = CheckpointManager(self.engine, home, every_steps=cfg.checkpoint.every_steps,
-                                      keep_last=cfg.checkpoint.keep_last, keep_every=cfg.checkpoint.keep_every,
-                                      config_hash=identity_hash(cfg), background=cfg.checkpoint.background)
+                                      every_minutes=cfg.checkpoint.every_minutes, keep_last=cfg.checkpoint.keep_last,
+                                      keep_every=cfg.checkpoint.keep_every, config_hash=identity_hash(cfg),
+                                      background=cfg.checkpoint.background, staging_dir=cfg.checkpoint.staging_dir,
+                                      before_commit=self._before_commit, on_commit=self._on_commit)
+        t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
+        if session is not None:
+            session.ledger.restored(self.state.step, time.perf_counter() - t_restore)
         self.stop = StopFlag()
-        self.metrics = MetricsLogger(home.local_dir, enabled=dist.is_main())
+        # the store's history up to the restored step; anything after it is recomputed
+        self.metrics = MetricsLogger(home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main())
+        self.step_s = 0.0  # wall time inside training steps (the attempt ledger's productive time)
         self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
@@ -142,6 +151,7 @@ class Trainer:
             self.sampler.set_epoch(state.epoch, start=state.position)  # the loader's workers persist
             self.engine.train()
             window, t0, micro = [], time.perf_counter(), state.position // cfg.data.batch_size
+            t_mark = time.perf_counter()  # the step's clock includes waiting for its batch
             for batch in self.loader:
                 if micro >= self.micro_per_epoch:
                     break
@@ -154,6 +164,11 @@ class Trainer:
                 if micro % cfg.train.grad_accum:
                     continue
                 state.step += 1
+                self.step_s += time.perf_counter() - t_mark
+                if self.session is not None:
+                    self.session.ledger.progress(state.step, self.step_s)
+                    if state.step == first_step + 1:
+                        self.session.ledger.first_step()
                 if progress is not None:
                     progress.update(1)
                     clips_s = (state.step - first_step) * self.clips_per_step / (time.perf_counter() - t_start)
@@ -167,6 +182,7 @@ class Trainer:
                 self._stop_if_requested()
                 if state.step >= self.total_steps:
                     break
+                t_mark = time.perf_counter()
             if micro >= self.micro_per_epoch:  # epoch finished (not cut by max_steps)
                 state.epoch += 1
                 state.position = 0
@@ -191,6 +207,18 @@ class Trainer:
             self.ckpt.wait()
             self.sync_metrics()
             raise StopRequested(self.state.step, signum)
+
+    def _before_commit(self) -> None:
+        """(rank 0, before a manifest is written) still the run's only writer, and the store's metric history
+        reaches the step being committed, so a resume from it never leaves a gap."""
+        if self.session is not None:
+            self.session.check_lease()
+        if getattr(self, "metrics", None) is not None:
+            self.sync_metrics()
+
+    def _on_commit(self, step: int, stall_s: float) -> None:
+        if self.session is not None:
+            self.session.ledger.committed(step, self.ckpt.stall_s)
 
     def sync_metrics(self) -> None:
         """Metrics and TensorBoard files to the store (a no-op for a local store)."""

@@ -48,7 +48,7 @@ def test_background_upload_commits_only_on_wait(s3_env, tmp_path, monkeypatch):
     assert manifest["trainer"] == {"epoch": 0, "position": 10, "step": 5}
     for obj in manifest["objects"]:
         assert hashlib.sha256(ckpt.store.read_bytes(obj["key"])).hexdigest() == obj["sha256"]
-    assert not any((home.local_dir / "staging").iterdir())  # staging cleaned after the commit
+    assert not any(ckpt.staging.iterdir())  # node-local staging cleaned after the commit
 
     for step in (6, 7):  # each save commits the previous one first; retention keeps the last two
         ckpt.save(step, {"epoch": 0, "position": 0, "step": step})

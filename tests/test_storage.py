@@ -149,3 +149,18 @@ def test_local_delete_prunes_empty_folders(tmp_path):
     assert (tmp_path / "r").exists() and not (tmp_path / "r" / "a").exists()
     st.write_bytes("a/b/c.bin", b"3")                       # folders come back on the next write
     assert st.read_bytes("a/b/c.bin") == b"3"
+
+
+def test_conditional_writes(store):
+    """Leases rest on these: create-if-absent and compare-and-swap, each decided by the store (S3: If-None-Match
+    / If-Match on a real SeaweedFS; locally: link(2) and an flock)."""
+    assert store.write_if_absent("lease.json", b"first") is True
+    assert store.write_if_absent("lease.json", b"second") is False
+    data, v1 = store.read_versioned("lease.json")
+    assert data == b"first"
+    assert store.write_if_version("lease.json", b"renewed", v1) is True
+    assert store.write_if_version("lease.json", b"stale writer", v1) is False  # v1 is no longer current
+    data, v2 = store.read_versioned("lease.json")
+    assert data == b"renewed" and v2 != v1
+    assert store.write_if_version("missing.json", b"x", v2) is False
+    assert store.list() == ["lease.json"]  # no lock or temp files visible

@@ -1,0 +1,37 @@
+"""Fail-safe collective sections: an error on one rank reaches every rank as the same error.
+
+Without this, a rank that raises inside a section the others finish (rank 0 writing a manifest, say) leaves
+them waiting in the next collective until the process-group timeout. `agreed(fn, what)` runs `fn` on every
+rank, then gathers one status per rank: if any rank failed, all raise `CollectiveError` naming the first
+failing rank and its error (the failing rank also logs its full traceback).
+"""
+from __future__ import annotations
+
+import logging
+
+from msca import dist
+
+log = logging.getLogger(__name__)
+
+
+class CollectiveError(RuntimeError):
+    """A collective section failed on some rank; raised on every rank."""
+
+
+def agreed(fn, what: str):
+    """Run `fn()` on this rank and agree on the outcome with every rank; returns this rank's result."""
+    try:
+        result, error = fn(), None
+    except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+        log.exception("%s failed on this rank", what)
+        result, error = None, f"{type(err).__name__}: {err}"
+    errors = dist.all_gather_object(error)
+    for rank, err in enumerate(errors):
+        if err:
+            raise CollectiveError(f"{what} failed on rank {rank}: {err}")
+    return result
+
+
+def from_main(fn, what: str):
+    """Run `fn()` on rank 0 only and hand its result to every rank (errors reach every rank)."""
+    return dist.all_gather_object(agreed(lambda: fn() if dist.is_main() else None, what))[0]
