@@ -21,6 +21,20 @@ def main() -> None:
     except StopRequested as stop:
         logging.getLogger("jobs").warning("%s", stop)
         sys.exit(EXIT_STOPPED)
+    finally:
+        shutdown_process_group()
+
+
+def shutdown_process_group() -> None:
+    """Tear the process group down before the interpreter does: gloo's threads destroyed during interpreter
+    teardown abort the process ("terminate called without an active exception") after a clean run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
 
 
 if __name__ == "__main__":

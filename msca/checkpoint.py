@@ -128,6 +128,7 @@ class CheckpointManager:
         self.on_commit = on_commit          # the lease?"); on_commit(step, seconds the loop waited for it)
         self.last_saved_step = -1
         self.last_save_time = time.monotonic()
+        self._in_store: set = set()  # tags with objects in the store when this attempt started
         self.stall_s = 0.0  # time the training loop spent inside save/wait (what background uploads hide)
 
     # ----------------------------------------------------------------------------------------------- save
@@ -170,10 +171,10 @@ class CheckpointManager:
     def _clear(self, tag: str) -> None:
         """A step being saved again (reached again after a crash) is uncommitted first, then its old objects and
         any leftovers of a torn save are removed, so a manifest never names a mix of two saves."""
-        if dist.is_main():
+        if dist.is_main() and tag in self._in_store:  # known at start: no store round trip on the hot path
             self.store.delete(f"{tag}/{MANIFEST}")
-            if not self.in_place:
-                self.store.delete_prefix(tag + "/")
+            self.store.delete_prefix(tag + "/")
+            self._in_store.discard(tag)
         if (dist.is_main() if self.in_place else local_rank() == 0):
             shutil.rmtree(self.staging / tag, ignore_errors=True)
 
@@ -323,7 +324,9 @@ class CheckpointManager:
     def load_latest(self) -> dict | None:
         """Restore the newest committed checkpoint whose objects verify into the engine; returns its trainer
         state (None: a fresh start). All ranks walk the committed steps newest first and agree on each."""
-        steps = from_main(self.committed_steps, "listing committed checkpoints")
+        present, committed = from_main(self._steps, "listing checkpoints")
+        self._in_store = {tag_for(s) for s in present}  # steps a later save may reach again
+        steps = sorted(committed)
         for step in reversed(steps):
             tag = tag_for(step)
             manifest = from_main(lambda: self.read_manifest(step), f"reading the manifest of {tag}")

@@ -8,10 +8,14 @@ failing rank and its error (the failing rank also logs its full traceback).
 from __future__ import annotations
 
 import logging
+import os
 
 from msca import dist
 
 log = logging.getLogger(__name__)
+
+# Fault tests: "<section prefix>@<rank>" makes that section raise on that rank (real processes, real collectives).
+FAULT_ENV = "MSCA_FAULT_INJECT"
 
 
 class CollectiveError(RuntimeError):
@@ -21,6 +25,7 @@ class CollectiveError(RuntimeError):
 def agreed(fn, what: str):
     """Run `fn()` on this rank and agree on the outcome with every rank; returns this rank's result."""
     try:
+        _inject(what)
         result, error = fn(), None
     except Exception as err:  # noqa: BLE001 - re-raised on every rank below
         log.exception("%s failed on this rank", what)
@@ -35,3 +40,10 @@ def agreed(fn, what: str):
 def from_main(fn, what: str):
     """Run `fn()` on rank 0 only and hand its result to every rank (errors reach every rank)."""
     return dist.all_gather_object(agreed(lambda: fn() if dist.is_main() else None, what))[0]
+
+
+def _inject(what: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    prefix, _, rank = spec.rpartition("@")
+    if prefix and what.startswith(prefix) and rank.isdigit() and int(rank) == dist.rank():
+        raise RuntimeError(f"fault injected by {FAULT_ENV}={spec}")

@@ -9,21 +9,28 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
+from msca.lease import live_holder
 from msca.preemption import EXIT_STOPPED
 from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
+from msca.session import LEASE_TTL_S
 from msca.storage import is_remote
 
 
 
 class ConfigMismatch(ValueError):
     """An existing run name was launched with a config that would compute something else."""
+
+
+class RunIsRunning(ValueError):
+    """Another job holds the run's lease."""
 
 
 def absolutize(cfg: DictConfig) -> None:
@@ -71,9 +78,20 @@ def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
     return home
 
 
+def refuse_if_running(cfg: DictConfig) -> None:
+    """A second launch of a run whose job is alive would make two writers: refuse it, naming the holder."""
+    home = RunHome(run_uri(cfg.store.root, cfg.run.name), cfg.store.endpoint_url)
+    holder = live_holder(home.store, LEASE_TTL_S)
+    if holder is not None:
+        raise RunIsRunning(f"run {cfg.run.name!r} is running: {holder.describe()}, lease renewed "
+                           f"{time.time() - holder.renewed:.0f}s ago. Wait for it to end or stop it; a relaunch "
+                           f"of the same run.name then resumes it")
+
+
 def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
     absolutize(cfg)
     validate(cfg)
+    refuse_if_running(cfg)
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
     spec = JobSpec(job=cfg.run.job, run_uri=home.uri, endpoint_url=cfg.store.endpoint_url,

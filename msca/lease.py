@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,9 +38,31 @@ class Holder:
     since: float = 0.0
     renewed: float = 0.0
 
+    def died_here(self) -> bool:
+        """True if the holder ran on this host and its process is gone (a crash we can see: no need to wait
+        for the lease to expire)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+
     def describe(self) -> str:
         return (f"{self.backend} job {self.job_key} (attempt {self.attempt}, pid {self.pid} on {self.host}) since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}")
+
+
+def live_holder(store: Store, ttl_s: float) -> Holder | None:
+    """The holder of the run's lease if it renewed it within `ttl_s` (a job is running), else None."""
+    try:
+        holder = Holder(**json.loads(store.read_bytes(KEY)))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    return holder if time.time() - holder.renewed < ttl_s and not holder.died_here() else None
 
 
 class Lease:
@@ -78,14 +102,15 @@ class Lease:
             if version is None:
                 continue  # released between the two calls
             age = now - other.renewed if other else float("inf")
-            if other and other.job_key != self.holder.job_key and age < self.ttl_s:
+            if other and other.job_key != self.holder.job_key and age < self.ttl_s and not other.died_here():
                 raise LeaseHeld(
                     f"run {self.store.url()} is held by {other.describe()}, renewed {age:.0f}s ago; wait for it "
                     f"to finish or stop it; if it died, relaunch after its lease expires "
                     f"({self.ttl_s - age:.0f}s)")
             if other:
-                why = "a previous attempt of this job" if other.job_key == self.holder.job_key else \
-                    f"{other.describe()}, silent for {age:.0f}s"
+                why = ("a previous attempt of this job" if other.job_key == self.holder.job_key else
+                       f"{other.describe()}, whose process is gone" if other.died_here() else
+                       f"{other.describe()}, silent for {age:.0f}s")
                 log.warning("taking over the run's lease from %s", why)
             if self.store.write_if_version(KEY, self._payload(now), version):
                 self._version = self.store.read_versioned(KEY)[1]

@@ -11,8 +11,10 @@
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -38,13 +40,16 @@ class RunHome:
 
     @property
     def local_dir(self) -> Path:
-        """Where this machine writes files that are later synced to the store (TensorBoard, logs).
-        For a local store it is the home itself."""
+        """Where this machine writes files that are later synced to the store (TensorBoard, logs): a cache on
+        node-local scratch (MSCA_CACHE, else $SLURM_TMPDIR or $TMPDIR; never $HOME, which clusters share over NFS).
+        For a local store it is the home itself. Nothing here is the run's state: the store is."""
         if not is_remote(self.uri):
             path = Path(self.uri)
         else:
             digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
-            path = Path(os.environ.get("MSCA_CACHE", "~/.cache/msca")).expanduser() / "runs" / f"{self.name}-{digest}"
+            base = os.environ.get("MSCA_CACHE") or os.path.join(
+                os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir(), f"msca-cache-{getpass.getuser()}")
+            path = Path(base).expanduser() / "runs" / f"{self.name}-{digest}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 

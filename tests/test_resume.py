@@ -4,6 +4,7 @@ max_steps, or by Ctrl-C / SIGTERM) and relaunched ends with bit-identical weight
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 from launch_helpers import REPO, metrics, run_launch, small_overrides
+from msca.attempts import read_attempts
+from msca.metrics import read_metrics
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 optimizer steps per epoch, 30 in all
 COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=5", "train.val_every=2", "eval.at_end=false",
@@ -99,16 +102,32 @@ def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):
     for obj in manifest["objects"]:
         assert store.size(f"checkpoints/{obj['key']}") == obj["size"]
 
-    import shutil
     shutil.rmtree(tmp_path / "cache")  # nothing local survives: the resume must come from S3
     second = run_launch(base + common + ["train.max_steps=6"], env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from s3://" in second.stderr
-    steps = [json.loads(line)["step"] for line in store.read_text("metrics.jsonl").splitlines()
-             if json.loads(line)["kind"] == "train"]
-    assert steps[-3:] == [4, 5, 6]
+    assert train_steps(store) == [1, 2, 3, 4, 5, 6]  # the history of the first machine is kept, once
     assert store.exists("model.pt") and json.loads(store.read_text("results.json"))["num_videos"] == 8
     assert store.exists("checkpoints/step_000000006/MANIFEST.json")
+    assert [(a.restored_step, a.last_step, a.end_reason, a.world_size) for a in read_attempts(store)] == [
+        (0, 3, "finished", 2), (3, 6, "finished", 2)]
+    assert not store.exists("lease.json")  # released at the end
+
+    # an object of the newest commit vanishes: every rank falls back to step 3 together, the run completes
+    manifest = json.loads(store.read_text("checkpoints/step_000000006/MANIFEST.json"))
+    lost = next(o["key"] for o in manifest["objects"] if "zero_pp_rank_1_" in o["key"])  # rank 1's own shard
+    store.delete(f"checkpoints/{lost}")
+    shutil.rmtree(tmp_path / "cache")
+    third = run_launch(base + common + ["train.max_steps=9", "eval.at_end=false"], env=env)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert f"{lost} is missing" in third.stderr and "falling back" in third.stderr
+    assert "(step 3)" in third.stderr
+    assert train_steps(store) == list(range(1, 10))  # steps 4-6 recomputed, recorded once
+    assert [a.restored_step for a in read_attempts(store)] == [0, 3, 3]
+
+
+def train_steps(store) -> list[int]:
+    return [r["step"] for r in read_metrics(store) if r["kind"] == "train"]
 
 
 def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
@@ -117,7 +136,6 @@ def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
     from msca.checkpoint import CheckpointManager
     from msca.run_home import RunHome
 
-    import shutil
 
     tmp, _ = runs
     root = tmp / "store" / "runs" / "torn"  # a copy: the reference run stays intact for other tests
@@ -137,3 +155,91 @@ def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
     with caplog.at_level("WARNING"):
         assert ckpt.newest_complete()["step"] == 28
     assert "step_000000030" in caplog.text and "truncated" in caplog.text
+
+
+def test_altered_shard_of_the_newest_commit_falls_back_and_finishes_exactly(runs):
+    """One byte flipped in rank 1's optimizer shard of the newest commit (same size, so only the checksum can
+    tell): every rank agrees to resume from the previous commit, the warning names the object, and the run
+    still ends bit-identical to one that was never interrupted, with every step recorded once."""
+    tmp, reference = runs
+    overrides = small_overrides(tmp, tmp / "data", "altered") + COMMON
+    part = run_launch(overrides + ["train.max_steps=8"])
+    assert part.returncode == 0, part.stderr
+    home = tmp / "store" / "runs" / "altered"
+    manifest = json.loads((home / "checkpoints" / "step_000000008" / "MANIFEST.json").read_text())
+    key = next(o["key"] for o in manifest["objects"] if "zero_pp_rank_1_" in o["key"])
+    victim = home / "checkpoints" / key
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+
+    resumed = run_launch(overrides)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{key} does not match its manifest checksum" in resumed.stderr and "falling back" in resumed.stderr
+    assert "(step 6)" in resumed.stderr
+    assert_same_weights(reference, weights(home))
+    assert [m["step"] for m in metrics(tmp / "store", "altered") if m["kind"] == "train"] == list(range(1, 31))
+
+
+def rank_pids(launcher_pid: int, deadline: float) -> dict:
+    """{rank: pid} of a local launch's rank processes (read from their environment)."""
+    while time.time() < deadline:
+        out = {}
+        for pid in subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split():
+            try:
+                env = dict(kv.split("=", 1) for kv in open(f"/proc/{pid}/environ").read().split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if "RANK" in env:
+                out[int(env["RANK"])] = int(pid)
+        if len(out) == 2:
+            return out
+        time.sleep(0.05)
+    raise AssertionError("rank processes not found")
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_rank_killed_while_a_checkpoint_uploads(runs, s3_server, tmp_path, victim):
+    """kill -9 of one rank while a checkpoint's upload is in flight (the S3 server paused, so it cannot
+    finish): that step is never committed, the relaunch resumes from the previous commit and the run ends
+    bit-identical to an uninterrupted one, each step recorded once."""
+    tmp, reference = runs
+    bucket = s3_server.make_bucket()
+    name = f"kill{victim}"
+    overrides = [o for o in small_overrides(tmp, tmp / "data", name) if not o.startswith("store.root=")] + COMMON + [
+        f"store.root=s3://{bucket}/team", f"checkpoint.staging_dir={tmp_path / 'scratch'}"]
+    env = {**os.environ, **s3_server.env, "OMP_NUM_THREADS": "1", "MSCA_CACHE": str(tmp_path / "cache")}
+    store = s3_server.store(f"s3://{bucket}/team/runs/{name}")
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        pids = rank_pids(proc.pid, deadline)
+        while not store.exists("checkpoints/step_000000004/MANIFEST.json"):
+            assert time.time() < deadline and proc.poll() is None, "step 4 was never committed"
+            time.sleep(0.05)
+        os.kill(s3_server.pid, signal.SIGSTOP)  # the next checkpoint's upload cannot finish
+        staged = list((tmp_path / "scratch").glob("msca-staging/*/step_000000006"))
+        while not staged:
+            assert time.time() < deadline and proc.poll() is None, "step 6 was never staged"
+            time.sleep(0.05)
+            staged = list((tmp_path / "scratch").glob("msca-staging/*/step_000000006"))
+        time.sleep(0.5)
+        os.kill(pids[victim], signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        os.kill(s3_server.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode not in (0, 3)
+    assert store.exists("checkpoints/step_000000004/MANIFEST.json")
+    assert not store.exists("checkpoints/step_000000006/MANIFEST.json")
+
+    resumed = run_launch(overrides, env={**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache2")})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(step 4)" in resumed.stderr
+    assert_same_weights(reference, torch.load(io.BytesIO(store.read_bytes("model.pt")), weights_only=True))
+    assert [r["step"] for r in read_metrics(store) if r["kind"] == "train"] == list(range(1, 31))
+    attempts = read_attempts(store)
+    assert [a.restored_step for a in attempts] == [0, 4] and attempts[0].end_reason is None  # vanished
+    assert attempts[0].last_committed_step == 4 and attempts[1].end_reason == "finished"

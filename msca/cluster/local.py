@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -42,10 +43,12 @@ class LocalBackend:
         if spec.endpoint_url:
             cmd += ["--endpoint-url", spec.endpoint_url]
         root = str(Path(__file__).resolve().parents[2])  # `jobs` is importable from the repo root
+        job_key = f"local-{uuid.uuid4().hex[:12]}"  # one launch = one job (its lease and attempts say so)
         procs, logs = [], []
         for r in range(world):
             env = rank_env(r, world, port, threads)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+            env.update(MSCA_BACKEND=self.name, MSCA_JOB_KEY=job_key)
             if r == 0 and cluster.foreground:
                 out = None  # rank 0 talks to the terminal (progress bar, logs)
             else:
