@@ -42,8 +42,9 @@ class Attempt:
     restart_count: int = 0              # SLURM_RESTART_COUNT (requeues of this job)
     restored_step: int = 0              # 0: a fresh start
     restore_s: float = 0.0              # checkpoint lookup, download, verify and load
-    first_step_at: Optional[float] = None
+    first_step_at: Optional[float] = None  # when the training loop began (start-up and restore end)
     last_step: int = 0                  # newest optimizer step reached
+    total_steps: int = 0                # the run's planned steps (as this attempt computed them)
     step_s: float = 0.0                 # wall time inside training steps (data wait included)
     checkpoint_stall_s: float = 0.0     # time the loop waited for saves and commits
     last_committed_step: Optional[int] = None
@@ -73,8 +74,9 @@ class AttemptLedger:
         self.attempt.heartbeat = time.time()
         self.store.write_text(self.attempt.key, json.dumps(asdict(self.attempt), indent=1))
 
-    def restored(self, step: int, seconds: float) -> None:
+    def restored(self, step: int, seconds: float, total_steps: int = 0) -> None:
         self.attempt.restored_step, self.attempt.restore_s = step, round(seconds, 3)
+        self.attempt.total_steps = total_steps
         self.attempt.last_step = step
         self.write()
 

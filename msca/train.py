@@ -120,8 +120,6 @@ class Trainer:
         t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
-        if session is not None:
-            session.ledger.restored(self.state.step, time.perf_counter() - t_restore)
         self.stop = StopFlag()
         # the store's history up to the restored step; anything after it is recomputed
         self.metrics = MetricsLogger(home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main())
@@ -130,6 +128,8 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        if session is not None:
+            session.ledger.restored(self.state.step, time.perf_counter() - t_restore, self.total_steps)
         log.info(
             "model %s (%.2fM params) | %d train clips, %d ranks x %d clips x %d accum -> %d steps/epoch, %d steps",
             cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, len(self.train_set),
@@ -147,6 +147,8 @@ class Trainer:
         cfg, state = self.cfg, self.state
         progress = self._progress_bar()
         t_start, first_step = time.perf_counter(), state.step
+        if self.session is not None:
+            self.session.ledger.first_step()  # start-up and restore end here; step time starts
         while state.step < self.total_steps and state.epoch < cfg.train.epochs:
             self.sampler.set_epoch(state.epoch, start=state.position)  # the loader's workers persist
             self.engine.train()
@@ -167,8 +169,6 @@ class Trainer:
                 self.step_s += time.perf_counter() - t_mark
                 if self.session is not None:
                     self.session.ledger.progress(state.step, self.step_s)
-                    if state.step == first_step + 1:
-                        self.session.ledger.first_step()
                 if progress is not None:
                     progress.update(1)
                     clips_s = (state.step - first_step) * self.clips_per_step / (time.perf_counter() - t_start)
