@@ -48,6 +48,12 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "I
                "403", "Forbidden", "AuthorizationHeaderMalformed", "InvalidSecurity"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _BIG = 64 * 1024 * 1024          # above this, whole-object reads/writes go through ranged/multipart transfers
+# Riding through outages: every S3 operation retries transient failures (refused or dropped connections,
+# timeouts, 5xx, throttling) with backoff until its own deadline, then fails with one line naming the endpoint.
+# Per operation, not a shared quota: a burst of 64 concurrent frame reads during a restart cannot exhaust it.
+RETRY_S = float(os.environ.get("MSCA_S3_RETRY_S", "60"))
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout",
+                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
 
 
 class StoreAuthError(PermissionError):
@@ -364,6 +370,8 @@ class _S3Conn:
         self.addressing_style = opts.pop("addressing_style", "path" if self.endpoint_url else "auto")
         self.transfer_concurrency = int(opts.pop("transfer_concurrency", 8))
         self.use_fast_get = bool(opts.pop("fast_get", os.environ.get("MSCA_S3_FAST_GET", "1") != "0"))
+        self.retry_s = float(opts.pop("retry_s", RETRY_S))       # per-operation deadline for transient errors
+        self.read_timeout = float(opts.pop("read_timeout", 20))  # a silent server is noticed within this
         if opts:
             raise TypeError(f"unknown S3 options: {sorted(opts)}")
         self._client = None
@@ -399,10 +407,11 @@ class _S3Conn:
                     session = boto3.session.Session(**self.session_kwargs)
                     region = self.region_name or session.region_name or "us-east-1"
                     self._session, self.region = session, region
-                    cfg = Config(retries={"max_attempts": self.max_attempts, "mode": "adaptive"},
+                    # botocore's own retries are off: `S3Store._call` retries each operation up to its deadline
+                    cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"},
                                  max_pool_connections=self.max_pool_connections,
                                  s3={"addressing_style": self.addressing_style},
-                                 connect_timeout=10, read_timeout=60)
+                                 connect_timeout=5, read_timeout=self.read_timeout)
                     self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region,
                                                   config=cfg)
                     self._pid = os.getpid()
@@ -441,9 +450,9 @@ class _S3Conn:
         if c is None or fresh:
             if c is not None:
                 c.close()
-            c = conns[k] = (http.client.HTTPSConnection(host, port, timeout=60,
+            c = conns[k] = (http.client.HTTPSConnection(host, port, timeout=self.read_timeout,
                                                         context=ssl.create_default_context()) if https
-                            else http.client.HTTPConnection(host, port, timeout=60))
+                            else http.client.HTTPConnection(host, port, timeout=self.read_timeout))
         return c
 
     def _signing_key(self, secret: str, date: str) -> bytes:
@@ -494,6 +503,26 @@ class _S3Conn:
                 if attempt:
                     log.debug("lean GET failed (%s); using boto3", e)
         return None, b""
+
+
+def _transient(e: Exception) -> bool:
+    """Worth retrying: the server was unreachable, slow, overloaded or failing -- not a 'no' (auth, missing)."""
+    if isinstance(e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
+                      botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
+                      botocore.exceptions.ResponseStreamingError, boto3.exceptions.RetriesExceededError)):
+        return True
+    if isinstance(e, boto3.exceptions.S3UploadFailedError):  # wraps the part's error as text
+        return not any(c in str(e) for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                             "NoSuchBucket"))
+    if isinstance(e, botocore.exceptions.ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in _TRANSIENT_CODES or status >= 500
+    return isinstance(e, botocore.exceptions.HTTPClientError)
+
+
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 class S3Store(Store):
@@ -556,10 +585,26 @@ class S3Store(Store):
         self.conn.checked_buckets.add(self.bucket)
 
     def _call(self, fn, key, **kw):
-        try:
-            return fn(**kw)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise self._error(e, key) from e
+        """One S3 operation, retried on transient failures with backoff until `retry_s` after it started."""
+        deadline, delay, warned = time.monotonic() + self.conn.retry_s, 0.5, False
+        while True:
+            try:
+                return fn(**kw)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+                    boto3.exceptions.S3UploadFailedError, boto3.exceptions.RetriesExceededError) as e:
+                left = deadline - time.monotonic()
+                if not _transient(e) or left <= 0:
+                    if _transient(e):
+                        raise ConnectionError(
+                            f"the S3 endpoint {self.conn.where} did not answer {self.url(key or '')} for "
+                            f"{self.conn.retry_s:.0f}s ({_short(e)}); is the server up and reachable? "
+                            f"(MSCA_S3_RETRY_S sets how long to wait)") from None
+                    raise self._error(e, key) from e
+                if not warned:
+                    log.warning("S3 endpoint %s: %s; retrying for up to %.0fs", self.conn.where, _short(e), left)
+                    warned = True
+                time.sleep(min(delay, max(0.0, left)))
+                delay = min(2 * delay, 5.0)
 
     # --- primitives ---------------------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -608,14 +653,13 @@ class S3Store(Store):
         p = self._key(prefix)
         s3_prefix = f"{p}/" if p else ""
         strip = len(f"{self.prefix}/") if self.prefix else 0
-        out = []
-        pages = self.conn.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=s3_prefix)
-        try:
-            for page in pages:
-                out.extend(o["Key"][strip:] for o in page.get("Contents", ()))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise self._error(e, prefix) from e
-        return sorted(out)
+
+        def list_all() -> list:  # retried whole: a listing interrupted half-way starts again
+            pages = self.conn.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                                 Prefix=s3_prefix)
+            return [o["Key"][strip:] for page in pages for o in page.get("Contents", ())]
+
+        return sorted(self._call(list_all, prefix))
 
     def delete(self, key: str) -> None:
         c = self.conn.client()
@@ -648,16 +692,14 @@ class S3Store(Store):
         """PUT with If-None-Match / If-Match; False when the server says the condition failed (412/409)."""
         c = self.conn.client()
         try:
-            c.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            self._call(c.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             return True
         except botocore.exceptions.ClientError as e:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = str(e.response.get("Error", {}).get("Code", ""))
             if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
-            raise self._error(e, key) from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise self._error(e, key) from e
+            raise
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
         return self._put_conditional(key, data, IfNoneMatch="*")

@@ -95,6 +95,29 @@ def start_server(workdir: Path) -> S3Server:
     return S3Server(f"http://127.0.0.1:{base}", ak, sk, workdir, pid)
 
 
+def kill_server(server: S3Server) -> None:
+    """SIGKILL the server (a crash, not a shutdown) and wait until its ports are free."""
+    import signal
+    import time
+    os.kill(server.pid, signal.SIGKILL)
+    port = int(server.endpoint_url.rsplit(":", 1)[1])
+    deadline = time.time() + 30
+    while not _ports_free(port) and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def restart_server(server: S3Server) -> None:
+    """Start the server again on the same ports, credentials and data (after `kill_server`)."""
+    port = int(server.endpoint_url.rsplit(":", 1)[1])
+    env = dict(os.environ, SEAWEEDFS_PORT=str(port), SEAWEEDFS_ACCESS_KEY=server.access_key,
+               SEAWEEDFS_SECRET_KEY=server.secret_key, PYTHON=sys.executable, SEAWEEDFS_START_TIMEOUT="60")
+    r = subprocess.run(["bash", str(SCRIPT), "start", str(server.dir)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"SeaweedFS did not restart (rc={r.returncode}):\n{r.stdout}\n{r.stderr}")
+    server.pid = int((server.dir / "weed.pid").read_text())
+
+
 def stop_server(server: S3Server) -> None:
     env = dict(os.environ, SEAWEEDFS_STOP_TIMEOUT="5")     # test data need no graceful flush
     subprocess.run(["bash", str(SCRIPT), "stop", str(server.dir)], env=env, capture_output=True, text=True,
