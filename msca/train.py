@@ -234,15 +234,11 @@ class Trainer:
         return res
 
     def final_weights(self) -> dict[str, torch.Tensor] | None:
-        """fp32 state dict with timm names, on rank 0 (None elsewhere); gathers ZeRO-3 shards."""
-        import deepspeed
+        """fp32 master weights with timm names, on rank 0 (None elsewhere); collective. In bf16/fp16 runs the
+        module holds rounded copies, so the masters come from the optimizer (msca.master_weights)."""
+        from msca.master_weights import fp32_state_dict
 
-        module = self.engine.module
-        params = list(module.parameters())
-        gather_ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext()
-        with gather_ctx:
-            sd = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if dist.is_main() else None
-        return sd
+        return fp32_state_dict(self.engine)
 
 
 def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
 
@@ -28,7 +29,11 @@ def test_two_rank_deepspeed_training_learns(tmp_path, data_root, deepspeed, accu
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first, losses
     home = tmp_path / "store" / "runs" / name
-    assert (home / "model.pt").exists() and (home / "config.yaml").exists()
+    assert (home / "config.yaml").exists()
+    weights = torch.load(home / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    if deepspeed.endswith("bf16"):  # the optimizer's fp32 masters, not the module's bf16 copies
+        assert any(torch.any(v != v.bfloat16().float()) for v in weights.values())
 
 
 def test_default_job_end_to_end_with_eval_and_relaunch_rules(tmp_path, data_root):
