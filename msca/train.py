@@ -23,7 +23,7 @@ from msca import dist
 from msca.checkpoint import CheckpointManager
 from msca.config import identity_hash
 from msca.data import ResumableDistributedSampler, build_dataset, build_loader
-from msca.evaluate import gather, predict, shard_indices, summarize
+from msca.evaluate import gather, padded_shard, predict, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
@@ -242,9 +242,10 @@ class Trainer:
 
 
 def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:
-    """Every rank predicts its shard; everyone gets the summary of all videos."""
-    idx = shard_indices(len(dataset), dist.rank(), dist.world_size())
+    """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
+    length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
+    idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
     loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
                           pin_memory=torch.cuda.is_available())
-    pred = gather(predict(forward, loader, device, dtype))
+    pred = gather(predict(forward, loader, device, dtype).head(real))
     return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))
