@@ -154,7 +154,7 @@ def test_failing_ranks_fail_the_launch_and_a_never_trained_run_keeps_no_lock(tmp
                                                         "train.val_every=0", "eval.at_end=false"]
     proc = run_launch(base, timeout=120)
     assert proc.returncode not in (0, 2), proc.stdout + proc.stderr
-    assert "run broken failed" in proc.stdout
+    assert "run broken failed" in proc.stdout and "BadDataError" in proc.stderr
     home = tmp_path / "store" / "runs" / "broken"
     assert "max_bad_fraction: 0.01" in (home / "config.yaml").read_text()
 
