@@ -21,6 +21,7 @@ class RunConfig:
     name: str = "???"  # the run's identity: its home is <store.root>/runs/<name>/
     job: str = "train"  # train | evaluate
     allow_config_change: bool = False  # re-launch an existing name with a different config
+    check_data: bool = True  # launch reads the lists and a first frame; false if only compute nodes see the data
     variants: List[str] = field(default_factory=list)  # model presets to run side by side (comparisons)
 
 

@@ -92,7 +92,8 @@ def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
 def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
     absolutize(cfg)
     validate(cfg)
-    check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
+    if cfg.run.check_data:
+        check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
     spec = JobSpec(job=cfg.run.job, run_uri=home.uri, endpoint_url=cfg.store.endpoint_url,

@@ -182,13 +182,14 @@ def test_bad_values_are_one_line_and_write_nothing(tmp_path, override, needle):
 
 
 def test_bad_data_is_one_line_and_writes_nothing(tmp_path):
-    """A missing data.root, a label past the class list (named by file:line) and an unreadable first frame
-    fail at launch, before config.yaml or launch.json exist, so the corrected relaunch is not refused."""
+    """A missing data.root, a label past the class list (named by file:line) and an unreadable or missing first
+    frame fail at launch, before config.yaml or launch.json exist, so the corrected relaunch is not refused."""
     root = make_k400(tmp_path / "k400")
     base = k400_overrides(tmp_path, root, "k400-bad") + ["train.max_steps=1", "train.val_every=0",
                                                           "eval.at_end=false"]
     proc = run_launch(base + [f"data.root={tmp_path / 'no-such-k400'}"], timeout=60)
     assert_one_line_error(proc, "data.root=", "no-such-k400")
+    assert not (tmp_path / "store").exists()
 
     listing = root / "trainValTest" / "train.txt"
     good = listing.read_text()
@@ -207,6 +208,11 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path):
     proc = run_launch(base, timeout=60)
     assert_one_line_error(proc, str(first), "does not exist", "data.frame_format")
     assert not (tmp_path / "store").exists()
+
+    # run.check_data=false (data visible only to compute nodes): the job starts and its rank names the cause
+    proc = run_launch(base + [f"data.root={tmp_path / 'no-such-k400'}", "run.check_data=false"], timeout=120)
+    assert proc.returncode not in (0, 2) and "run k400-bad failed" in proc.stdout
+    assert "train list not found" in proc.stderr and "no-such-k400" in proc.stderr
 
 
 def test_k400_layout_with_tokshift_lists_and_msca_frame_names(tmp_path):
