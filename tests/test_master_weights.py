@@ -11,8 +11,7 @@ from msca.dist import free_port
 
 # (zero stage, precision): ZeRO-0 bf16/fp16 is DeepSpeed's FP16_UnfusedOptimizer (no hp link), ZeRO-1 bf16 its
 # BF16_Optimizer, ZeRO-2 the partitioned optimizer, ZeRO-3 partitioned parameters too.
-CASES = [(0, "fp32"), (0, "bf16"), (0, "fp16"), (1, "bf16"), (2, "bf16"), (2, "fp16"), (2, "fp32"), (3, "bf16"),
-         (3, "fp16"), (3, "fp32")]
+CASES = [(stage, precision) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16", "fp16")]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
