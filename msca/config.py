@@ -275,7 +275,8 @@ def check_sizes(cfg: DictConfig) -> None:
     preset = PRESETS[cfg.model.arch]
     patch = cfg.model.patch_size or preset["patch_size"]
     if cfg.model.img_size % patch:
-        raise ValueError(f"data.crop_size={cfg.model.img_size} must be a multiple of the patch size {patch} "
+        size = "data.crop_size" if cfg.model.img_size == data.crop_size else "model.img_size"
+        raise ValueError(f"{size}={cfg.model.img_size} must be a multiple of the patch size {patch} "
                          f"(model.patch_size)")
     dim, heads = cfg.model.embed_dim or preset["embed_dim"], cfg.model.num_heads or preset["num_heads"]
     if dim % heads:
