@@ -21,6 +21,7 @@ class RunConfig:
     name: str = "???"  # the run's identity: its home is <store.root>/runs/<name>/
     job: str = "train"  # train | evaluate
     allow_config_change: bool = False  # re-launch an existing name with a different config
+    check_data: bool = True  # launch reads the lists and a first frame; false if only compute nodes see the data
     variants: List[str] = field(default_factory=list)  # model presets to run side by side (comparisons)
 
 
@@ -195,17 +196,103 @@ CHOICES = {
 }
 
 
+# Numeric bounds checked at launch: key -> (test, what the value must be). Optional keys may be null.
+def at_least(lo):
+    return (lambda v: v >= lo), f"must be >= {lo}"
+
+
+def above(lo):
+    return (lambda v: v > lo), f"must be > {lo}"
+
+
+def within(lo, hi, hi_open=False):
+    return (lambda v: lo <= v < hi if hi_open else lo <= v <= hi), f"must be in [{lo}, {hi}{')' if hi_open else ']'}"
+
+
+BOUNDS = {
+    "cluster.nodes": at_least(1), "cluster.procs_per_node": at_least(0), "cluster.gpus_per_node": at_least(0),
+    "cluster.master_port": within(0, 65535),
+    "cluster.slurm.timeout_min": at_least(1), "cluster.slurm.cpus_per_task": at_least(1),
+    "cluster.slurm.mem_gb": at_least(1), "cluster.slurm.signal_delay_s": at_least(0),
+    "cluster.slurm.max_requeues": at_least(0),
+    "cluster.ray.max_failures": at_least(-1), "cluster.ray.cpus_per_worker": at_least(1),  # Ray: -1 = forever
+    "model.num_classes": at_least(1), "model.patch_size": at_least(1), "model.embed_dim": at_least(1),
+    "model.depth": at_least(1), "model.num_heads": at_least(1), "model.mlp_ratio": above(0),
+    "model.shift_div": at_least(2), "model.drop_path_rate": within(0, 1, hi_open=True),
+    "train.epochs": at_least(1), "train.lr": above(0), "train.momentum": within(0, 1, hi_open=True),
+    "train.weight_decay": at_least(0), "train.gamma": above(0), "train.warmup_epochs": at_least(0),
+    "train.min_lr": at_least(0), "train.grad_accum": at_least(1), "train.clip_grad": at_least(0),
+    "train.label_smoothing": within(0, 1, hi_open=True), "train.val_every": at_least(0),
+    "train.log_every": at_least(1), "train.max_steps": at_least(0),
+    "checkpoint.every_steps": at_least(0), "checkpoint.every_epochs": at_least(0),
+    "checkpoint.keep_last": at_least(0), "checkpoint.keep_every": at_least(0),  # keep_last 0: keep all
+    "data.num_frames": at_least(1), "data.stride": at_least(1), "data.crop_size": at_least(1),
+    "data.test_short_side": at_least(1), "data.val_clips": at_least(1), "data.test_clips": at_least(1),
+    "data.test_crops": at_least(1), "data.color_jitter_prob": within(0, 1), "data.std": above(0),
+    "data.batch_size": at_least(1), "data.eval_batch_size": at_least(1), "data.num_workers": at_least(0),
+    "data.io_workers": at_least(1), "data.max_bad_fraction": within(0, 1),
+    "eval.clips": at_least(1), "eval.crops": at_least(1),  # after data.*: they default to data.test_*
+}
+# Checked only when data.synthetic is set (data=synthetic).
+SYNTHETIC_BOUNDS = {
+    "classes": at_least(1), "videos_per_class": at_least(1), "val_videos_per_class": at_least(1),
+    "frames": at_least(1), "height": at_least(1), "width": at_least(1), "speed": above(0),
+    "hue_speed": above(0), "quality": within(1, 100),
+}
+LIST_BOUNDS = {"train.betas": within(0, 1, hi_open=True), "train.milestones": at_least(0)}
+
+
+def check(key: str, value, rule) -> None:
+    ok, must = rule
+    if value is not None and not ok(value):
+        raise ValueError(f"{key}={value} {must}")
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Every numeric option within its bounds, the key named (a negative count must not run silently)."""
+    for key, rule in BOUNDS.items():
+        check(key, OmegaConf.select(cfg, key), rule)
+    for key, rule in LIST_BOUNDS.items():
+        for i, value in enumerate(OmegaConf.select(cfg, key)):
+            check(f"{key}[{i}]", value, rule)
+    if cfg.data.synthetic is not None:
+        for name, rule in SYNTHETIC_BOUNDS.items():
+            check(f"data.synthetic.{name}", cfg.data.synthetic[name], rule)
+
+
+def check_sizes(cfg: DictConfig) -> None:
+    """Sizes that must agree with each other: the resize range and the crop, the crop and the patch grid."""
+    data = cfg.data
+    short = list(data.train_short_side)
+    if len(short) != 2 or not data.crop_size <= short[0] < short[1]:
+        raise ValueError(f"data.train_short_side={short} must be [lo, hi) with data.crop_size={data.crop_size} "
+                         f"<= lo < hi (the short side is drawn from range(lo, hi))")
+    if data.test_short_side < data.crop_size:
+        raise ValueError(f"data.test_short_side={data.test_short_side} must be >= data.crop_size={data.crop_size}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ValueError(f"train.min_lr={cfg.train.min_lr} must be <= train.lr={cfg.train.lr}")
+    from msca.model.factory import PRESETS  # lazily: it imports torch
+
+    if cfg.model.arch not in PRESETS:
+        raise ValueError(f"model.arch={cfg.model.arch!r} is not one of {list(PRESETS)}")
+    preset = PRESETS[cfg.model.arch]
+    patch = cfg.model.patch_size or preset["patch_size"]
+    if cfg.model.img_size % patch:
+        size = "data.crop_size" if cfg.model.img_size == data.crop_size else "model.img_size"
+        raise ValueError(f"{size}={cfg.model.img_size} must be a multiple of the patch size {patch} "
+                         f"(model.patch_size)")
+    dim, heads = cfg.model.embed_dim or preset["embed_dim"], cfg.model.num_heads or preset["num_heads"]
+    if dim % heads:
+        raise ValueError(f"model.embed_dim={dim} must be a multiple of model.num_heads={heads}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema cannot express; each error names the key and the accepted values."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
-    positive = ("train.epochs", "train.grad_accum", "data.batch_size", "data.num_frames", "cluster.nodes")
-    for key in positive:
-        if OmegaConf.select(cfg, key) < 1:
-            raise ValueError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
-    if cfg.train.lr <= 0:
-        raise ValueError(f"train.lr={cfg.train.lr} must be > 0")
-    if not 0.0 <= cfg.train.label_smoothing < 1.0:
-        raise ValueError(f"train.label_smoothing={cfg.train.label_smoothing} must be in [0, 1)")
+    if cfg.data.synthetic is not None and cfg.data.synthetic.kind not in ("hue", "scroll"):
+        raise ValueError(f"data.synthetic.kind={cfg.data.synthetic.kind!r} is not one of ['hue', 'scroll']")
+    check_numbers(cfg)
+    check_sizes(cfg)

@@ -20,11 +20,25 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
+def padded_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
+    """(indices, real): this rank's videos, then repeats of them up to the longest shard's length, so every
+    rank runs the same number of forward batches (under ZeRO-3 each forward is a collective: a rank that
+    stopped early would leave the others waiting). Predictions past `real` are repeats, to be dropped."""
+    own = shard_indices(n, rank, world)
+    filler = own or [0]  # fewer videos than ranks: a rank without one repeats video 0
+    longest = -(-n // world)
+    return own + [filler[i % len(filler)] for i in range(longest - len(own))], len(own)
+
+
 @dataclass
 class Predictions:
     indices: np.ndarray  # (N,) dataset indices
     labels: np.ndarray  # (N,)
     scores: np.ndarray  # (N, K) view-averaged logits
+
+    def head(self, n: int) -> "Predictions":
+        """The first n predictions (drops a shard's padding repeats)."""
+        return Predictions(self.indices[:n], self.labels[:n], self.scores[:n])
 
 
 @torch.no_grad()

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from msca.checkpoint import MANIFEST
 from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
+from msca.data import check_data
 from msca.lease import live_holder
 from msca.preemption import EXIT_STOPPED
 from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
 from msca.session import LEASE_TTL_S
 from msca.storage import is_remote
-
 
 
 class ConfigMismatch(ValueError):
@@ -55,13 +56,30 @@ def git_sha() -> str | None:
         return None
 
 
+def has_trained(home: RunHome) -> bool:
+    """A committed checkpoint, final weights or results exist: the config that produced them is locked. A run
+    that never committed a step (e.g. its first launch failed at start-up) can be relaunched corrected."""
+    if home.store.exists("model.pt") or home.store.exists("results.json"):
+        return True
+    return any(key.endswith("/" + MANIFEST) for key in home.store.list("checkpoints/"))
+
+
+def splits_for(cfg: DictConfig) -> list[str]:
+    """The data splits the job will read."""
+    if cfg.run.job == "evaluate":
+        return ["test"]
+    return ["train"] + (["val"] if cfg.train.val_every else []) + (["test"] if cfg.eval.at_end else [])
+
+
 def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
     """Write config.yaml (or check it matches the existing run) and append to launch.json."""
     home = RunHome(run_uri(cfg.store.root, cfg.run.name), cfg.store.endpoint_url)
     resuming = home.exists()
     if resuming:
         diff = config_diff(home.config(), cfg)
-        if diff and not cfg.run.allow_config_change:
+        if diff and not has_trained(home):
+            print(f"run {cfg.run.name} never committed a step: its config is replaced ({'; '.join(diff)})")
+        elif diff and not cfg.run.allow_config_change:
             raise ConfigMismatch(
                 f"run {cfg.run.name!r} exists at {home.uri} with a different config:\n  " + "\n  ".join(diff)
                 + "\nRepeat the overrides it was launched with (see its launch.json), pick a new run.name, "
@@ -92,6 +110,8 @@ def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
     absolutize(cfg)
     validate(cfg)
     refuse_if_running(cfg)
+    if cfg.run.check_data:
+        check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
     spec = JobSpec(job=cfg.run.job, run_uri=home.uri, endpoint_url=cfg.store.endpoint_url,
@@ -132,6 +152,28 @@ def launch_variants(cfg: DictConfig, overrides: list[str], compose) -> int:
     else:
         print("when they finish: python -m msca.report " + " ".join(h.uri for h in homes))
     return code
+
+
+def unset_section(overrides: list[str], compose) -> str | None:
+    """Which override reaches into a section that the selected group option leaves unset (data=k400 with
+    data.synthetic.classes=3: k400 has no `synthetic`), as one line naming the key and the group; None if none
+    does. Hydra itself only asserts ("Unexpected type for root: NoneType") with a traceback."""
+    selections = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    try:
+        base = compose(selections, return_hydra_config=True)
+    except Exception:  # noqa: BLE001 - the selections themselves fail: Hydra reports that well
+        return None
+    choices = base.hydra.runtime.choices
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            section = ".".join(parts[:i])
+            if OmegaConf.select(base, section, default="<absent>") is None:
+                group = parts[0]
+                return (f"{key}: {group}={choices.get(group, '?')} leaves {section} unset, so it cannot be "
+                        f"overridden; drop this override or select a {group} option that sets {section}")
+    return None
 
 
 def launch(cfg: DictConfig, overrides: list[str], compose) -> int:

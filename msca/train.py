@@ -23,7 +23,7 @@ from msca import dist
 from msca.checkpoint import CheckpointManager
 from msca.config import identity_hash
 from msca.data import ResumableDistributedSampler, build_dataset, build_loader
-from msca.evaluate import gather, predict, shard_indices, summarize
+from msca.evaluate import gather, padded_shard, predict, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
@@ -262,21 +262,18 @@ class Trainer:
         return res
 
     def final_weights(self) -> dict[str, torch.Tensor] | None:
-        """fp32 state dict with timm names, on rank 0 (None elsewhere); gathers ZeRO-3 shards."""
-        import deepspeed
+        """fp32 master weights with timm names, on rank 0 (None elsewhere); collective. In bf16/fp16 runs the
+        module holds rounded copies, so the masters come from the optimizer (msca.master_weights)."""
+        from msca.master_weights import fp32_state_dict
 
-        module = self.engine.module
-        params = list(module.parameters())
-        gather_ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.deepspeed.zero_stage == 3 else contextlib.nullcontext()
-        with gather_ctx:
-            sd = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if dist.is_main() else None
-        return sd
+        return fp32_state_dict(self.engine)
 
 
 def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:
-    """Every rank predicts its shard; everyone gets the summary of all videos."""
-    idx = shard_indices(len(dataset), dist.rank(), dist.world_size())
+    """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
+    length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
+    idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
     loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
                           pin_memory=torch.cuda.is_available())
-    pred = gather(predict(forward, loader, device, dtype))
+    pred = gather(predict(forward, loader, device, dtype).head(real))
     return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,19 @@ def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
 
 
 def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """launch.py in its own session, so a hung run is killed with all of its ranks (not just launch.py,
+    which would leave the ranks spinning on the test machine's cores), then the test fails."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    args = [sys.executable, str(REPO / "launch.py"), *overrides]
+    proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"launch.py did not finish in {timeout}s (killed with its ranks)\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def metrics(store: Path, name: str) -> list[dict]:

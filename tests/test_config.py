@@ -76,7 +76,43 @@ def test_bad_overrides_fail_at_compose_time(override, needle):
     ("deepspeed.precision=fp8", "deepspeed.precision"),
     ("train.optimizer=lamb", "train.optimizer"),
     ("train.grad_accum=0", "train.grad_accum"),
+    ("cluster.procs_per_node=-2", r"cluster\.procs_per_node=-2 must be >= 0"),
+    ("cluster.nodes=0", "cluster.nodes"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.eval_batch_size=0", "data.eval_batch_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.io_workers=0", "data.io_workers"),
+    ("data.val_clips=0", "data.val_clips"),
+    ("data.test_crops=0", "data.test_crops"),
+    ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
+    ("data.crop_size=0", "data.crop_size"),
+    ("data.crop_size=30", "data.crop_size=30 must be a multiple of the patch size"),
+    ("data.train_short_side=[20,40]", "data.train_short_side"),
+    ("data.train_short_side=[40,40]", "data.train_short_side"),
+    ("data.test_short_side=20", "data.test_short_side"),
+    ("data.synthetic.classes=0", "data.synthetic.classes"),
+    ("data.synthetic.quality=0", "data.synthetic.quality"),
+    ("data.synthetic.kind=zoom", "data.synthetic.kind"),
+    ("checkpoint.every_steps=-1", "checkpoint.every_steps"),
+    ("checkpoint.keep_last=-1", "checkpoint.keep_last"),
+    ("train.max_steps=-1", "train.max_steps"),
+    ("train.log_every=0", "train.log_every"),
+    ("train.momentum=1.0", "train.momentum"),
+    ("train.betas=[0.9,1.0]", r"train\.betas\[1\]"),
+    ("train.milestones=[3,-1]", r"train\.milestones\[1\]"),
+    ("train.min_lr=1.0", "train.min_lr"),
+    ("model.num_heads=5", "model.embed_dim=96 must be a multiple of model.num_heads=5"),
+    ("model.shift_div=1", "model.shift_div"),
+    ("model.drop_path_rate=1.0", "model.drop_path_rate"),
+    ("cluster.master_port=70000", "cluster.master_port"),
+    ("eval.crops=0", "eval.crops"),
 ])
 def test_bad_values_fail_validation(override, needle):
     with pytest.raises(ValueError, match=needle):
         validate(make([override]))
+
+
+@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster.ray.max_failures=-1", "train.max_steps=0",
+                                      "data.num_workers=0", "cluster.procs_per_node=0", "train.val_every=0"])
+def test_meaningful_zeros_and_minus_ones_pass(override):
+    validate(make([override]))  # keep all checkpoints; Ray retries forever; no cap; main-process loading; ...

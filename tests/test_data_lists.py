@@ -1,8 +1,8 @@
 """List files: both formats, auto-detection, class names, and errors that name file and line."""
 import pytest
 
-from msca.data.lists import (ListFormatError, VideoRecord, class_names_from_folders, format_list, parse_class_names,
-                             parse_list)
+from msca.data.lists import (ListFormatError, VideoRecord, check_labels, class_names_from_folders, format_list,
+                             parse_class_names, parse_list)
 
 
 def test_msca_comma_format():
@@ -60,3 +60,13 @@ def test_frame_name_format_accepts_python_and_printf_styles():
     for bad in ("img.jpg", "img_{}.jpg{", "img_{name}.jpg"):
         with pytest.raises(ValueError, match="data.frame_format"):
             frame_name_format(bad)
+
+
+def test_label_out_of_range_names_file_and_line():
+    vl = parse_list("# header\nt/a/v1,5,0\n\nt/b/v2,5,3\nt/c/v3,5,1\n", source="s3://b/train.txt")
+    check_labels(vl, 4, "classes.txt")
+    with pytest.raises(ListFormatError, match=r"^s3://b/train\.txt:4: label 3 but only 3 classes \(from classes\.txt\)"):
+        check_labels(vl, 3, "classes.txt")
+    sub = parse_list("".join(f"p/c/v{i},10,{i}\n" for i in range(25)), source="l.txt", use_subset=True)
+    with pytest.raises(ListFormatError, match=r"^l\.txt:21: label 20"):  # the subset keeps line numbers
+        check_labels(sub, 20, "x")

@@ -2,7 +2,9 @@
 import numpy as np
 import torch
 
-from msca.evaluate import Predictions, predict, summarize
+import pytest
+
+from msca.evaluate import Predictions, padded_shard, predict, summarize
 
 
 def test_predict_averages_views_then_ranks():
@@ -35,3 +37,12 @@ def test_summarize_matches_hand_counts():
     assert res["mean_class_accuracy"] == (0.5 + 0.0 + 1.0) / 3
     cm = np.array(res["confusion"])
     assert cm[0, 0] == 1 and cm[1, 0] == 1 and cm[0, 5] == 1 and cm[5, 5] == 1 and cm.sum() == 4
+
+
+@pytest.mark.parametrize("n,world", [(3, 2), (7, 4), (1, 3), (8, 2), (0, 2)])
+def test_padded_shards_are_equal_and_count_each_video_once(n, world):
+    shards = [padded_shard(n, r, world) for r in range(world)]
+    assert len({len(idx) for idx, _ in shards}) == 1  # same number of forwards on every rank
+    real = sorted(i for idx, k in shards for i in idx[:k])
+    assert real == list(range(n))
+    assert all(0 <= i < max(n, 1) for idx, _ in shards for i in idx)

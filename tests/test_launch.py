@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
 
@@ -28,7 +29,11 @@ def test_two_rank_deepspeed_training_learns(tmp_path, data_root, deepspeed, accu
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first, losses
     home = tmp_path / "store" / "runs" / name
-    assert (home / "model.pt").exists() and (home / "config.yaml").exists()
+    assert (home / "config.yaml").exists()
+    weights = torch.load(home / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    if deepspeed.endswith("bf16"):  # the optimizer's fp32 masters, not the module's bf16 copies
+        assert any(torch.any(v != v.bfloat16().float()) for v in weights.values())
 
 
 def test_default_job_end_to_end_with_eval_and_relaunch_rules(tmp_path, data_root):
@@ -109,26 +114,111 @@ def test_pretrained_npz_initialises_the_job_model(tmp_path, data_root):
     assert sd["head.weight"].abs().max() < 1e-6 and sd["head.bias"].abs().max() < 1e-6
 
 
-def test_failing_ranks_fail_the_launch_with_the_cause(tmp_path):
-    """A missing list file: both ranks stop with an error naming it; launch exits non-zero and says so."""
-    proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=broken", "data=k400",
-                       f"data.root={tmp_path / 'no-such-k400'}", "cluster.procs_per_node=2", "train.progress=false"],
-                      timeout=120)
-    assert proc.returncode != 0
+def make_k400(root, frame_format="img_{:05d}.jpg"):
+    """A tiny Kinetics-layout tree: 3 classes x 4 train videos, 1 val video each, 40 frames of 40x52 px."""
+    from msca.data.config import SyntheticConfig
+    from msca.data.synthetic import generate
+    from msca.storage import open_store
+
+    generate(open_store(str(root)), SyntheticConfig(classes=3, videos_per_class=4, val_videos_per_class=1,
+                                                    frames=40, height=40, width=52), frame_format=frame_format)
+    return root
+
+
+def k400_overrides(tmp_path, root, name):
+    return [f"store.root={tmp_path / 'store'}", f"run.name={name}", "data=k400", f"data.root={root}",
+            "data.crop_size=32", "data.train_short_side=[36,44]", "data.test_short_side=36", "data.batch_size=2",
+            "data.eval_batch_size=2", "data.num_workers=0", "train.progress=false", "eval.plots=false", *TINY_MODEL]
+
+
+def assert_one_line_error(proc, *needles):
+    """Exit 2, one line on stderr naming what to fix, no traceback anywhere."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_failing_ranks_fail_the_launch_and_a_never_trained_run_keeps_no_lock(tmp_path):
+    """Frames missing from every train video but the first (which the launch check reads): both ranks stop
+    with BadDataError before a step; launch exits non-zero and says so. That run never committed a step, so
+    a relaunch with a different (corrected) config is accepted and replaces config.yaml."""
+    root = make_k400(tmp_path / "k400")
+    train = (root / "trainValTest" / "train.txt").read_text().splitlines()
+    for line in train[1:]:
+        for frame in (root / line.split(",")[0]).iterdir():
+            frame.unlink()
+    base = k400_overrides(tmp_path, root, "broken") + ["cluster.procs_per_node=2", "train.max_steps=1",
+                                                        "train.val_every=0", "eval.at_end=false"]
+    proc = run_launch(base, timeout=120)
+    assert proc.returncode not in (0, 2), proc.stdout + proc.stderr
+    assert "run broken failed" in proc.stdout and "BadDataError" in proc.stderr
+    home = tmp_path / "store" / "runs" / "broken"
+    assert "max_bad_fraction: 0.01" in (home / "config.yaml").read_text()
+
+    proc = run_launch(base + ["data.max_bad_fraction=1.0"], timeout=120)
+    assert "different config" not in proc.stderr
+    assert "never committed a step" in proc.stdout and "data.max_bad_fraction" in proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "max_bad_fraction: 1.0" in (home / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("cluster.procs_per_node=-2", "cluster.procs_per_node=-2"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("checkpoint.every_steps=-1", "checkpoint.every_steps=-1"),
+    ("train.max_steps=-5", "train.max_steps=-5"),
+    ("data.num_workers=-1", "data.num_workers=-1"),
+    ("data.crop_size=30", "data.crop_size=30"),
+    ("data.test_clips=0", "data.test_clips=0"),
+    ("data=k400 data.synthetic.classes=3", "data.synthetic.classes: data=k400"),
+])
+def test_bad_values_are_one_line_and_write_nothing(tmp_path, override, needle):
+    proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=bad", *override.split()], timeout=60)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "store").exists()
+
+
+def test_bad_data_is_one_line_and_writes_nothing(tmp_path):
+    """A missing data.root, a label past the class list (named by file:line) and an unreadable or missing first
+    frame fail at launch, before config.yaml or launch.json exist, so the corrected relaunch is not refused."""
+    root = make_k400(tmp_path / "k400")
+    base = k400_overrides(tmp_path, root, "k400-bad") + ["train.max_steps=1", "train.val_every=0",
+                                                          "eval.at_end=false"]
+    proc = run_launch(base + [f"data.root={tmp_path / 'no-such-k400'}"], timeout=60)
+    assert_one_line_error(proc, "data.root=", "no-such-k400")
+    assert not (tmp_path / "store").exists()
+
+    listing = root / "trainValTest" / "train.txt"
+    good = listing.read_text()
+    lines = good.splitlines()
+    lines[4] = lines[4].rsplit(",", 1)[0] + ",7"  # 3 classes (class folders): label 7 is out of range
+    listing.write_text("\n".join(lines) + "\n")
+    proc = run_launch(base, timeout=60)
+    assert_one_line_error(proc, f"{listing}:5", "label 7", "3 classes")
+    listing.write_text(good)
+
+    first = root / good.split(",")[0] / "img_00001.jpg"
+    first.write_bytes(b"not a jpeg")
+    proc = run_launch(base, timeout=60)
+    assert_one_line_error(proc, str(first), f"{listing}:1")
+    first.unlink()
+    proc = run_launch(base, timeout=60)
+    assert_one_line_error(proc, str(first), "does not exist", "data.frame_format")
+    assert not (tmp_path / "store").exists()
+
+    # run.check_data=false (data visible only to compute nodes): the job starts and its rank names the cause
+    proc = run_launch(base + [f"data.root={tmp_path / 'no-such-k400'}", "run.check_data=false"], timeout=120)
+    assert proc.returncode not in (0, 2) and "run k400-bad failed" in proc.stdout
     assert "train list not found" in proc.stderr and "no-such-k400" in proc.stderr
-    assert "run broken failed" in proc.stdout
 
 
 def test_k400_layout_with_tokshift_lists_and_msca_frame_names(tmp_path):
     """data=k400 on a Kinetics-layout tree: space-separated TokShift list files, `{:06d}.jpg` frames (the MSCA
     config's naming), videos shorter than the 8x32 span (clip indices wrap around, as the original)."""
-    from msca.data.config import SyntheticConfig
-    from msca.data.synthetic import generate
-    from msca.storage import open_store
-
-    root = tmp_path / "k400"
-    generate(open_store(str(root)), SyntheticConfig(classes=3, videos_per_class=4, val_videos_per_class=1,
-                                                    frames=40, height=40, width=52), frame_format="{:06d}.jpg")
+    root = make_k400(tmp_path / "k400", frame_format="{:06d}.jpg")
     for split in ("train", "val"):  # rewrite the comma lists in TokShift's space-separated form
         path = root / "trainValTest" / f"{split}.txt"
         path.write_text(path.read_text().replace(",", " "))
@@ -141,3 +231,25 @@ def test_k400_layout_with_tokshift_lists_and_msca_frame_names(tmp_path):
     res = json.loads((tmp_path / "store" / "runs" / "k400-mini" / "results.json").read_text())
     assert res["num_videos"] == 3 and res["views"] == "2x3"
     assert len(res["class_names"]) == 3
+
+
+def test_zero3_evaluation_with_unequal_shards_finishes(tmp_path):
+    """ZeRO-3 with every parameter partitioned and released after use: each forward is a collective, so
+    both ranks must run the same number of eval batches. 3 videos on 2 ranks, one per batch: rank 1 pads its
+    shard with a repeat; every video is counted exactly once, in validation and in the final test."""
+    name = "zero3-eval"
+    overrides = small_overrides(tmp_path, tmp_path / "data", name) + [
+        "deepspeed=zero3_bf16", "+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",
+        "+deepspeed.extra.zero_optimization.stage3_max_reuse_distance=0",  # else params stay gathered after use
+        "cluster.procs_per_node=2", "data.synthetic.classes=3", "data.synthetic.val_videos_per_class=1",
+        "data.eval_batch_size=1", "train.epochs=1"]
+    proc = run_launch(overrides, timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    home = tmp_path / "store" / "runs" / name
+    res = json.loads((home / "results.json").read_text())
+    assert res["num_videos"] == 3 and sum(map(sum, res["confusion"])) == 3
+    val = [m for m in metrics(tmp_path / "store", name) if m["kind"] == "val"]
+    assert [v["num_videos"] for v in val] == [3]
+    weights = torch.load(home / "model.pt", weights_only=True)  # gathered from the partitions, fp32 masters
+    assert weights["pos_embed"].shape == (1, 1 + 4 * 4, 32)
+    assert any(torch.any(v != v.bfloat16().float()) for v in weights.values())

@@ -14,11 +14,13 @@ import logging
 import os
 import posixpath
 from dataclasses import fields
-from typing import Tuple
+from typing import Sequence, Tuple
 
 from msca.data.config import DataConfig, SyntheticConfig
 from msca.data.dataset import BadDataError, VideoClipDataset
-from msca.data.lists import ListFormatError, VideoRecord, class_names_from_folders, parse_class_names, parse_list
+from msca.data.decode import DecodeError, decode_rgb
+from msca.data.lists import (ListFormatError, VideoRecord, check_labels, class_names_from_folders, parse_class_names,
+                             frame_name_format, parse_list)
 from msca.data.loader import build_loader, collate_clips
 from msca.data.sampler import ResumableDistributedSampler
 from msca.storage import Store, is_remote, open_store
@@ -26,7 +28,8 @@ from msca.storage import Store, is_remote, open_store
 log = logging.getLogger(__name__)
 
 __all__ = ["DataConfig", "SyntheticConfig", "VideoClipDataset", "ResumableDistributedSampler", "build_dataset",
-           "build_loader", "collate_clips", "BadDataError", "ListFormatError", "VideoRecord", "open_list"]
+           "build_loader", "collate_clips", "BadDataError", "ListFormatError", "VideoRecord", "open_list",
+           "check_data"]
 
 
 def _resolve(root: Store, path: str, endpoint_url=None) -> Tuple[Store, str]:
@@ -38,7 +41,8 @@ def _resolve(root: Store, path: str, endpoint_url=None) -> Tuple[Store, str]:
 
 
 def open_list(cfg: DataConfig, split: str):
-    """(frame store, parsed VideoList, class names or None) for a split."""
+    """(frame store, parsed VideoList, class names or None) for a split; a label outside the classes fails
+    here, naming its file:line."""
     store = open_store(cfg.root, endpoint_url=cfg.endpoint_url)
     path = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
     lst_store, key = _resolve(store, path, cfg.endpoint_url)
@@ -47,14 +51,52 @@ def open_list(cfg: DataConfig, split: str):
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{split} list not found: {e} (data.root={cfg.root}, list={path})") from None
     vl = parse_list(text, source=lst_store.url(key), use_subset=cfg.use_subset)
-    names = vl.class_names
+    names, classes_from = vl.class_names, "the list's class-name labels"
     if names is None:
         classes_key = posixpath.join(posixpath.dirname(key), "classes.txt")
         if lst_store.exists(classes_key):
-            names = parse_class_names(lst_store.read_text(classes_key))
+            names, classes_from = parse_class_names(lst_store.read_text(classes_key)), lst_store.url(classes_key)
         else:
-            names = class_names_from_folders(vl.records)
+            names, classes_from = class_names_from_folders(vl.records), "the class folders"
+    if names:
+        check_labels(vl, len(names), classes_from)
     return store, vl, names
+
+
+def check_data(cfg: DataConfig, splits: Sequence[str]) -> None:
+    """What a launch checks before it writes anything: the data root exists; each split's list exists, parses
+    and has labels in range; the first frame of its first video decodes. A synthetic set that is not there yet
+    is skipped (the job generates it); one generated with other settings is refused."""
+    if not is_remote(cfg.root) and not os.path.isdir(cfg.root) and cfg.synthetic is None:
+        raise FileNotFoundError(f"data.root={cfg.root} does not exist on this machine (set data.root, or the "
+                                f"variable its config reads, to the dataset's folder or s3:// URI)")
+    if cfg.synthetic is not None:
+        from msca.data.synthetic import TRAIN_LIST, VAL_LIST, check_generated_with
+        store = open_store(cfg.root, endpoint_url=cfg.endpoint_url)
+        if not (store.exists(TRAIN_LIST) and store.exists(VAL_LIST)):
+            return
+        check_generated_with(store, SyntheticConfig(**{f.name: getattr(cfg.synthetic, f.name)
+                                                       for f in fields(SyntheticConfig)}))
+    for split in dict.fromkeys(splits):
+        store, vl, _ = open_list(cfg, split)
+        if not vl.records:
+            raise ValueError(f"{vl.source}: the {split} list is empty")
+        check_first_frame(store, vl, cfg)
+
+
+def check_first_frame(store: Store, vl, cfg: DataConfig) -> None:
+    """The first video's first frame exists under data.root with data.frame_format's name and decodes:
+    catches a wrong root, frame naming or list prefix before any job starts."""
+    key = posixpath.join(vl.records[0].path, frame_name_format(cfg.frame_format).format(1))
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{vl.where(0)}: the video's first frame {store.url(key)} does not exist (check "
+                                f"data.root={cfg.root} and data.frame_format={cfg.frame_format!r})") from None
+    try:
+        decode_rgb(data)
+    except DecodeError as err:
+        raise ValueError(f"{store.url(key)} (first frame of {vl.where(0)}) is not a readable image: {err}") from None
 
 
 def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDataset:
@@ -71,8 +113,6 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
     if not vl.records:
         raise ValueError(f"{vl.source}: the {split} list is empty")
     num_classes = len(names) if names else None
-    if names and max(r.label for r in vl.records) >= len(names):
-        raise ValueError(f"{vl.source}: label {max(r.label for r in vl.records)} but only {len(names)} classes")
     train = split == "train"
     return VideoClipDataset(
         store, vl.records, train=train, frame_format=cfg.frame_format, num_frames=cfg.num_frames,

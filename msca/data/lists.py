@@ -31,6 +31,11 @@ class VideoList:
     records: List[VideoRecord]
     class_names: Optional[List[str]]   # index -> name, when known
     source: str
+    lines: Optional[List[int]] = None  # 1-based line of each record in the file, so errors can say file:line
+
+    def where(self, i: int) -> str:
+        """`file:line` of record i."""
+        return f"{self.source}:{self.lines[i]}" if self.lines else self.source
 
 
 def parse_list(text: str, source: str = "<list>", use_subset: bool = False) -> VideoList:
@@ -71,9 +76,19 @@ def parse_list(text: str, source: str = "<list>", use_subset: bool = False) -> V
         index = {n: i for i, n in enumerate(class_names)}
         labels = [index[r[3]] for r in rows]
     records = [VideoRecord(r[1], r[2], y) for r, y in zip(rows, labels)]
+    lines = [r[0] for r in rows]
     if use_subset:
-        records = records[::10]
-    return VideoList(records, class_names, source)
+        records, lines = records[::10], lines[::10]
+    return VideoList(records, class_names, source, lines)
+
+
+def check_labels(vl: VideoList, num_classes: int, classes_from: str) -> None:
+    """Every label indexes a class; the first that does not is named by file:line (a wrong list or a
+    classes.txt that does not match it)."""
+    for i, r in enumerate(vl.records):
+        if not 0 <= r.label < num_classes:
+            raise ListFormatError(f"{vl.where(i)}: label {r.label} but only {num_classes} classes "
+                                  f"(from {classes_from}); fix the line or the class list")
 
 
 def class_names_from_folders(records: Sequence[VideoRecord]) -> Optional[List[str]]:
