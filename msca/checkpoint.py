@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -234,14 +235,19 @@ class CheckpointManager:
         Errors are kept for `wait()` to report on every rank."""
         if not pending.staged.exists():
             return
+        mine = [f for f in sorted(pending.staged.rglob("*")) if f.is_file() and owner_of(f.name) == dist.rank()]
         try:
-            for f in sorted(p for p in pending.staged.rglob("*") if p.is_file()):
-                if owner_of(f.name) != dist.rank():
-                    continue
-                key = f"{pending.tag}/{f.relative_to(pending.staged).as_posix()}"
-                if not self.in_place:
-                    self.store.upload_file(str(f), key)
-                pending.entries.append({"key": key, "size": f.stat().st_size, "sha256": sha256_file(f)})
+            # hashing overlaps the uploads (both read the same page-cached bytes; hashlib releases the GIL)
+            with ThreadPoolExecutor(max_workers=max(1, 2 * len(mine)), thread_name_prefix="ckpt-io") as pool:
+                jobs = []
+                for f in mine:
+                    key = f"{pending.tag}/{f.relative_to(pending.staged).as_posix()}"
+                    upload = None if self.in_place else pool.submit(self.store.upload_file, str(f), key)
+                    jobs.append((f, key, pool.submit(sha256_file, f), upload))
+                for f, key, digest, upload in jobs:
+                    if upload is not None:
+                        upload.result()
+                    pending.entries.append({"key": key, "size": f.stat().st_size, "sha256": digest.result()})
         except Exception as err:  # noqa: BLE001 - reported by wait() on every rank
             pending.error = f"{type(err).__name__}: {err}"
 

@@ -32,6 +32,8 @@ def parse(argv):
     p.add_argument("--model", default="msca_b16", help="a msca.model preset (msca_b16: ~1 GB with AdamW)")
     p.add_argument("--tiny", action="store_true", help="the preset at laptop size (embed 96, depth 4, 32 px)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--staging", default=None, help="checkpoint.staging_dir (default: a temp dir on disk; "
+                                                   "/dev/shm stages in memory)")
     return p.parse_args(argv)
 
 
@@ -73,11 +75,12 @@ def main(argv=None) -> int:
         s3 = boto3.client("s3", endpoint_url=server["endpoint"], region_name="us-east-1")
         s3.create_bucket(Bucket="bench")
         engine = build_engine(a.model, a.tiny)
+        staging = a.staging or str(work / "staging")
         times = {k: [] for k in ("raw_up", "raw_down", "save_sync", "async_stall", "load")}
         nbytes = 0
         for r in range(a.rounds):
             home = RunHome(f"s3://bench/runs/r{r}", endpoint_url=server["endpoint"])
-            ckpt = CheckpointManager(engine, home, background=False, staging_dir=str(work / "staging"), keep_last=1)
+            ckpt = CheckpointManager(engine, home, background=False, staging_dir=staging, keep_last=1)
             t0 = time.perf_counter()
             ckpt.save(1, {"step": 1})
             times["save_sync"].append(time.perf_counter() - t0)
@@ -102,11 +105,11 @@ def main(argv=None) -> int:
                 f.unlink()
 
             t0 = time.perf_counter()
-            CheckpointManager(engine, home, staging_dir=str(work / "staging")).load_latest()
+            CheckpointManager(engine, home, staging_dir=staging).load_latest()
             times["load"].append(time.perf_counter() - t0)
 
             bg = CheckpointManager(engine, RunHome(f"s3://bench/runs/bg{r}", endpoint_url=server["endpoint"]),
-                                   background=True, staging_dir=str(work / "staging"))
+                                   background=True, staging_dir=staging)
             t0 = time.perf_counter()
             bg.save(2, {"step": 2})
             stall = time.perf_counter() - t0
