@@ -55,3 +55,14 @@ def test_error_on_rank_1_in_a_collective_section_reaches_every_rank(tmp_path, se
     assert elapsed < 60, elapsed
     rank1 = (tmp_path / "store" / "runs" / "fault" / "logs" / "rank1.log").read_text()
     assert "fault injected" in rank1
+
+
+def test_time_based_checkpoints(tmp_path):
+    """checkpoint.every_minutes saves on rank 0's clock, agreed by every rank, with no step or epoch interval."""
+    overrides = small_overrides(tmp_path, tmp_path / "data", "timed") + COMMON + [
+        "checkpoint.every_steps=0", "checkpoint.every_epochs=0", "checkpoint.every_minutes=0.0001",
+        "checkpoint.keep_last=10", "train.max_steps=4"]
+    proc = run_launch(overrides)
+    assert proc.returncode == 0, proc.stderr
+    ckpts = tmp_path / "store" / "runs" / "timed" / "checkpoints"
+    assert sorted(p.parent.name for p in ckpts.glob("*/MANIFEST.json")) == [f"step_00000000{i}" for i in (1, 2, 3, 4)]

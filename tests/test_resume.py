@@ -243,3 +243,31 @@ def test_rank_killed_while_a_checkpoint_uploads(runs, s3_server, tmp_path, victi
     attempts = read_attempts(store)
     assert [a.restored_step for a in attempts] == [0, 4] and attempts[0].end_reason is None  # vanished
     assert attempts[0].last_committed_step == 4 and attempts[1].end_reason == "finished"
+
+
+def test_s3_server_paused_for_30s_mid_run_costs_a_pause_not_the_run(runs, s3_server, tmp_path):
+    """SIGSTOP of the S3 server for 30 s while the run checkpoints and syncs metrics to it: transfers wait and
+    retry, the run completes with the weights of an uninterrupted run and every step recorded once."""
+    tmp, reference = runs
+    bucket = s3_server.make_bucket()
+    overrides = [o for o in small_overrides(tmp, tmp / "data", "paused") if not o.startswith("store.root=")] + \
+        COMMON + [f"store.root=s3://{bucket}/team"]
+    env = {**os.environ, **s3_server.env, "OMP_NUM_THREADS": "1", "MSCA_CACHE": str(tmp_path / "cache")}
+    store = s3_server.store(f"s3://{bucket}/team/runs/paused")
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not store.exists("checkpoints/step_000000004/MANIFEST.json"):
+            assert time.time() < deadline and proc.poll() is None, "step 4 was never committed"
+            time.sleep(0.05)
+        os.kill(s3_server.pid, signal.SIGSTOP)
+        time.sleep(30)
+    finally:
+        os.kill(s3_server.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "retrying for up to" in err  # the pause was noticed and ridden through
+    assert_same_weights(reference, torch.load(io.BytesIO(store.read_bytes("model.pt")), weights_only=True))
+    assert [r["step"] for r in read_metrics(store) if r["kind"] == "train"] == list(range(1, 31))
+    assert len(read_attempts(store)) == 1
