@@ -25,20 +25,6 @@ class RunConfig:
 
 
 @dataclass
-class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    timeout_min: int = 60 * 24
-    cpus_per_task: int = 8
-    mem_gb: Optional[int] = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
-    max_requeues: int = 100
-    folder: str = "slurm"  # submitit logs, under the run's local home
-    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
-
-
-@dataclass
 class RayConfig:
     address: Optional[str] = None  # None: start (or join) a local Ray instance
     max_failures: int = 3
@@ -48,13 +34,31 @@ class RayConfig:
 
 @dataclass
 class ClusterConfig:
+    """Where and how the ranks start. Shared keys first; `slurm` keys are flat (cluster.partition=...) so a
+    cluster=slurm command line reads like sbatch's."""
     backend: str = "local"  # local | slurm | ray
     nodes: int = 1
-    procs_per_node: int = 0  # ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
+    procs_per_node: int = 0  # local: ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
     gpus_per_node: int = 0
-    master_port: int = 0  # 0 = pick a free port
-    foreground: bool = True  # wait for the job and show its progress
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    master_port: int = 0  # local: 0 = pick a free port
+    foreground: bool = True  # local: wait for the job and show its progress
+    # --- slurm (submitit -> sbatch/srun); see configs/cluster/slurm.yaml
+    tasks_per_node: int = 1  # one rank per task: one per GPU
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    time_min: int = 60 * 24
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
+    max_requeues: int = 100  # requeues after a stop signal (SLURM_RESTART_COUNT), then the job just stops
+    setup: List[str] = field(default_factory=list)  # shell lines before srun: module load, env
+    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {gres: "gpu:8"}
+    folder: Optional[str] = None  # submitit's folder (must be seen by every node); None: <run home>/slurm
+    wait: bool = False  # block and stream progress until the job ends
+    dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -198,7 +202,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
-    positive = ("train.epochs", "train.grad_accum", "data.batch_size", "data.num_frames", "cluster.nodes")
+    positive = ("train.epochs", "train.grad_accum", "data.batch_size", "data.num_frames", "cluster.nodes",
+                "cluster.tasks_per_node", "cluster.cpus_per_task", "cluster.time_min")
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")

@@ -27,7 +27,8 @@ from msca.evaluate import gather, predict, shard_indices, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
-from msca.preemption import StopFlag, StopRequested
+from msca.preemption import StopRequested
+from msca.preemption import install as install_stop_flag
 from msca.run_home import RunHome
 from msca.storage import open_store
 
@@ -115,7 +116,7 @@ class Trainer:
                                       config_hash=identity_hash(cfg), background=cfg.checkpoint.background)
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
-        self.stop = StopFlag()
+        self.stop = install_stop_flag()  # normally already installed by the job entry
         self.metrics = MetricsLogger(home.local_dir, enabled=dist.is_main())
         self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch

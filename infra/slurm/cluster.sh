@@ -132,6 +132,8 @@ up() {
   install
   rm -rf "$B"; mkdir -p "$B"; B=$(cd "$B" && pwd)
   write_configs
+  mkdir -p "$B/tmp"; chmod 1777 "$B/tmp"; export TMPDIR=$B/tmp  # daemons run as munge/mysql: not the caller's TMPDIR
+  trap 'log "failed (line $LINENO); log tails:"; tail -n 5 "$B"/log/* >&2' ERR
   echo "$B" >$OWNER
   network
   export SLURM_CONF=$B/etc/slurm.conf
