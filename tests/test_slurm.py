@@ -28,6 +28,22 @@ def job_id(stdout: str) -> str:
     return re.search(r"slurm: job (\d+)", stdout).group(1)
 
 
+def assert_same_weights(tmp, home):
+    ref, got = weights(tmp / "store" / "runs" / "full"), weights(home)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def start(tmp, name, slurm_cluster, at_step=3, extra=()):
+    """Launch a run that returns at once; wait until it has trained `at_step` steps; its job id and args."""
+    overrides = small_overrides(tmp, tmp / "data", name) + COMMON + list(extra)
+    proc = run_launch(overrides, env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_step(tmp / "store", name, at_step)
+    return job_id(proc.stdout), overrides
+
+
 def wait_state(cluster, jid: str, states=ENDED, timeout: float = 240) -> tuple[str, float]:
     """Poll sacct (exact, from slurmdbd) until the job's state is one of `states`; (state, when)."""
     deadline = time.time() + timeout
@@ -102,12 +118,37 @@ def test_usr2_commits_requeues_and_resumes_bit_identically(reference, slurm_clus
     assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", jid).stdout
     steps = [m["step"] for m in metrics(tmp / "store", "usr2") if m["kind"] == "train"]
     assert steps == list(range(1, TOTAL + 1))  # no step lost or repeated across the requeue
-    ref = weights(tmp / "store" / "runs" / "full")
-    got = weights(home)
-    assert ref.keys() == got.keys()
-    for k in ref:
-        assert torch.equal(ref[k], got[k]), k
+    assert_same_weights(tmp, home)
     print(f"USR2 at step >= 3 -> stop at {stop} -> requeue -> COMPLETED: {t_end - t_signal:.1f}s")
+
+
+def test_scontrol_requeue_without_a_signal_resumes_exactly(reference, slurm_cluster):
+    """An admin's (or the scheduler's) requeue: the tasks get SIGTERM, save at the next step if KillWait allows
+    (else the newest periodic checkpoint is used), and the requeued job finishes bit-identically."""
+    tmp, _, _ = reference
+    jid, _ = start(tmp, "requeue", slurm_cluster)
+    slurm_cluster.run("scontrol", "requeue", jid)
+    state, _ = wait_state(slurm_cluster, jid)
+    home = tmp / "store" / "runs" / "requeue"
+    text = logs(home, jid)
+    assert state == "COMPLETED", text[-3000:]
+    assert "resumed from" in text and "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", jid).stdout
+    assert "requeued job" not in text  # we did not requeue it a second time
+    assert_same_weights(tmp, home)
+
+
+def test_sigterm_saves_and_stops_without_requeue_and_a_relaunch_finishes_exactly(reference, slurm_cluster):
+    """SIGTERM is the scheduler's preemption or a cancel: save, exit, leave requeueing to the scheduler."""
+    tmp, _, _ = reference
+    jid, overrides = start(tmp, "term", slurm_cluster)
+    slurm_cluster.run("scancel", "--signal=TERM", jid)
+    state, _ = wait_state(slurm_cluster, jid)
+    home = tmp / "store" / "runs" / "term"
+    text = logs(home, jid)
+    assert state == "FAILED" and "stop requested (SIGTERM)" in text and "requeued job" not in text, text[-3000:]
+    again = run_launch(overrides + ["cluster.wait=true"], env=slurm_cluster.env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_same_weights(tmp, home)
 
 
 def test_a_killed_rank_ends_the_job_fast_and_a_relaunch_resumes(reference, slurm_cluster):
