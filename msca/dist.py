@@ -107,7 +107,7 @@ def init_distributed(timeout_s: int | None = None) -> None:
     if timeout_s is None:
         timeout_s = int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local_device(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()))
     disable_deepspeed_shm_build()
     import deepspeed
 
@@ -116,6 +116,17 @@ def init_distributed(timeout_s: int | None = None) -> None:
         auto_mpi_discovery=False,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+
+
+def local_device(local_rank: int, visible: int) -> int:
+    """The GPU of this rank: its local rank when the task sees all of the node's GPUs (--gpus-per-node), or the
+    only one it sees when the scheduler binds one GPU per task (--gpus-per-task=1, CUDA_VISIBLE_DEVICES=<one>)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RendezvousError(f"local rank {local_rank} but only {visible} visible GPU(s) "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): one task per GPU")
+    return local_rank
 
 
 def disable_deepspeed_shm_build() -> None:

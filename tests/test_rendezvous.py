@@ -2,7 +2,7 @@
 missing or contradictory variables are an error, never a silent world-size-1 run."""
 import pytest
 
-from msca.dist import RendezvousError, first_host, process_env, slurm_port
+from msca.dist import RendezvousError, first_host, local_device, process_env, slurm_port
 
 SRUN_TASK = {"SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4",
              "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[007,009]", "SLURM_NTASKS_PER_NODE": "2"}
@@ -38,3 +38,9 @@ def test_torchrun_variables_and_a_lone_process():
     assert process_env(torchrun)["RANK"] == "1" and process_env(torchrun)["MASTER_ADDR"] == "10.0.0.1"
     lone = process_env({})
     assert (lone["RANK"], lone["WORLD_SIZE"], lone["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+
+
+def test_gpu_of_a_rank_with_all_or_one_visible():
+    assert local_device(3, 8) == 3 and local_device(3, 1) == 0
+    with pytest.raises(RendezvousError, match="one task per GPU"):
+        local_device(4, 2)

@@ -191,3 +191,22 @@ def test_unknown_partition_is_one_clear_error_and_no_run_home(tmp_path, slurm_cl
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "invalid partition" in errors[0].lower(), proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_max_requeues_exhausted_stops_without_requeue(reference, slurm_cluster):
+    tmp, _, _ = reference
+    jid, _ = start(tmp, "norequeue", slurm_cluster, extra=["cluster.max_requeues=0"])
+    slurm_cluster.run("scancel", "--signal=USR2", jid)
+    state, _ = wait_state(slurm_cluster, jid)
+    text = logs(tmp / "store" / "runs" / "norequeue", jid)
+    assert state == "FAILED" and "not requeued: 0 requeues already (cluster.max_requeues=0)" in text, text[-3000:]
+    assert "Restarts=0" in slurm_cluster.run("scontrol", "show", "job", jid).stdout
+
+
+def test_unwritable_folder_is_one_clear_error_and_no_run_home(tmp_path, slurm_cluster):
+    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "bad") + TWO_NODES + ["cluster.folder=/proc/x"],
+                      env=slurm_cluster.env, timeout=60)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cluster.folder: cannot write /proc/x/bad" in errors[0], proc.stderr
+    assert not (tmp_path / "store").exists()

@@ -80,12 +80,15 @@ def submitit_folder(spec: JobSpec, cluster) -> Path:
 
 
 def check_writable(folder: Path) -> None:
-    parent = folder
-    while not parent.exists():
-        parent = parent.parent
-    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
-        raise ValueError(f"cluster.folder: cannot write under {parent} (needed for {folder}; it must also be "
-                         "on a filesystem every node sees)")
+    """Create the folder and write a probe (os.access says yes to root even where writes fail)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cluster.folder: cannot write {folder} ({err.strerror}); it must be writable and on a "
+                         "filesystem every node sees") from None
 
 
 def sbatch_parameters(cluster, job_name: str) -> dict:
@@ -123,14 +126,14 @@ class SlurmBackend:
         return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
 
     def check(self, spec: JobSpec, cluster) -> None:
-        """Before anything is written: the folder is writable and sbatch --test-only accepts the script
-        (partition, account, resources), so a bad request leaves no half-written run home."""
-        check_writable(submitit_folder(spec, cluster))
+        """Before the run home is written: sbatch --test-only accepts the script (partition, account,
+        resources) and the folder is writable, so a bad request leaves no half-written run home."""
         r = subprocess.run(["sbatch", "--test-only"], input=self.sbatch_script(spec, cluster), capture_output=True,
                            text=True, timeout=60)
         if r.returncode:
             msg = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())
             raise ValueError(f"SLURM rejected the job: {msg}")
+        check_writable(submitit_folder(spec, cluster))
 
     def submit(self, spec: JobSpec, cluster) -> Handle:
         folder = submitit_folder(spec, cluster)
