@@ -31,7 +31,12 @@ class SlurmJob:
 
     def __call__(self):
         try:
-            return self.make_callable(self.run_uri, self.endpoint_url)()
+            result = self.make_callable(self.run_uri, self.endpoint_url)()
+            # Done: a late USR2/TERM must not kill the process while submitit writes the result or Python
+            # shuts down (finalisation resets Python-level handlers to SIG_DFL, which kills; SIG_IGN stays).
+            for sig in (signal.SIGUSR2, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            return result
         except StopRequested as stop:
             requeue_after_stop(stop, self.max_requeues)
             sys.exit(EXIT_STOPPED)  # SystemExit passes submitit's handler: no result file, the job is not "done"
