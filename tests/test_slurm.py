@@ -122,6 +122,26 @@ def test_usr2_commits_requeues_and_resumes_bit_identically(reference, slurm_clus
     print(f"USR2 at step >= 3 -> stop at {stop} -> requeue -> COMPLETED: {t_end - t_signal:.1f}s")
 
 
+def test_usr2_before_our_handlers_requeues_through_submitit_checkpoint(reference, slurm_cluster):
+    """A signal while the task is still importing torch reaches submitit's own handler: it calls our
+    checkpoint() (a fresh instance; nothing trained yet), requeues, and the job then runs to the end."""
+    tmp, _, _ = reference
+    proc = run_launch(small_overrides(tmp, tmp / "data", "early") + COMMON + ["train.epochs=2"], env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jid = job_id(proc.stdout)
+    log = tmp / "store" / "runs" / "early" / "slurm" / f"{jid}_0_log.out"
+    deadline = time.time() + 120
+    while not (log.exists() and "Loading pickle" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # submitit's handler is in; ours (after `import torch`, seconds away) is not
+    slurm_cluster.run("scancel", "--signal=USR2", jid)
+    state, _ = wait_state(slurm_cluster, jid)
+    text = logs(tmp / "store" / "runs" / "early", jid)
+    assert state == "COMPLETED", text[-3000:]
+    assert "Calling checkpoint method." in text and f"Requeued job {jid}" in text
+    assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", jid).stdout
+
+
 def test_scontrol_requeue_without_a_signal_resumes_exactly(reference, slurm_cluster):
     """An admin's (or the scheduler's) requeue: the tasks get SIGTERM, save at the next step if KillWait allows
     (else the newest periodic checkpoint is used), and the requeued job finishes bit-identically."""

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from msca.cluster import Handle, JobSpec
-from msca.preemption import EXIT_STOPPED, StopRequested
-from msca.storage import is_remote
+
+# Nothing heavy at import time (no torch, no boto3): submitit unpickles SlurmJob before it installs its USR2
+# handler, and until then a USR2 kills the task (default action). Keep that window short.
 
 REPO = Path(__file__).resolve().parents[2]  # `jobs` is importable from the repo root
 
@@ -30,6 +31,8 @@ class SlurmJob:
         self.endpoint_url, self.max_requeues = endpoint_url, max_requeues
 
     def __call__(self):
+        from msca.preemption import EXIT_STOPPED, StopRequested
+
         try:
             result = self.make_callable(self.run_uri, self.endpoint_url)()
             # Done: a late USR2/TERM must not kill the process while submitit writes the result or Python
@@ -76,6 +79,8 @@ def requeue_after_stop(stop: StopRequested, max_requeues: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ submit side
 def submitit_folder(spec: JobSpec, cluster) -> Path:
+    from msca.storage import is_remote
+
     if cluster.folder:
         return Path(os.path.expanduser(cluster.folder)).absolute() / spec.run_uri.rstrip("/").rsplit("/", 1)[-1]
     if is_remote(spec.run_uri):
