@@ -79,6 +79,8 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
     spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
                    log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)
     if cfg.cluster.get("dry_run"):  # nothing written, nothing submitted
+        if not hasattr(backend, "sbatch_script"):
+            raise ValueError(f"cluster.dry_run=true is for cluster=slurm, not {cfg.cluster.backend}")
         print(backend.sbatch_script(spec, cfg.cluster))
         return 0
     if hasattr(backend, "check"):  # the scheduler's objections before anything is written

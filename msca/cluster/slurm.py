@@ -138,8 +138,11 @@ class SlurmBackend:
     def check(self, spec: JobSpec, cluster) -> None:
         """Before the run home is written: sbatch --test-only accepts the script (partition, account,
         resources) and the folder is writable, so a bad request leaves no half-written run home."""
-        r = subprocess.run(["sbatch", "--test-only"], input=self.sbatch_script(spec, cluster), capture_output=True,
-                           text=True, timeout=60)
+        try:
+            r = subprocess.run(["sbatch", "--test-only"], input=self.sbatch_script(spec, cluster),
+                               capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise ValueError("cluster=slurm: no `sbatch` on PATH (run launch.py on a SLURM login node)") from None
         if r.returncode:
             msg = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())
             raise ValueError(f"SLURM rejected the job: {msg}")
