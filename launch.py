@@ -39,11 +39,12 @@ def override_error(argv: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from jobs import JOBS
     from msca.launcher import ConfigMismatch, launch
 
     overrides = list(HydraConfig.get().overrides.task)
     try:
-        code = launch(cfg, overrides, compose)
+        code = launch(cfg, overrides, compose, JOBS)
     except (ConfigMismatch, ValueError, FileNotFoundError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2

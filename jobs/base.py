@@ -1,8 +1,14 @@
 """What every job does first on every rank: logging, the process group, the run's home."""
 from __future__ import annotations
 
-from msca import dist
+import logging
+import socket
+
+from msca import dist, preemption
 from msca.run_home import RunHome
+
+
+log = logging.getLogger("jobs")
 
 
 class Job:
@@ -13,6 +19,14 @@ class Job:
         self.run_uri, self.endpoint_url = run_uri, endpoint_url
 
     def start(self) -> RunHome:
+        """Process setup, the same under every backend: where this rank sits (from the scheduler's variables,
+        or a clear error), logging, stop-signal handlers (main thread, before anything heavy), process group."""
+        env = dist.export_process_env() if not dist.is_initialized() else {}
         dist.setup_logging()
+        preemption.install()
         dist.init_distributed()
+        hosts = dist.all_gather_object(socket.gethostname())
+        log.info("%d rank(s) on %s; rendezvous %s:%s", dist.world_size(),
+                 ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), env.get("MASTER_ADDR", "-"),
+                 env.get("MASTER_PORT", "-"))
         return RunHome(self.run_uri, self.endpoint_url)

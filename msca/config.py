@@ -26,20 +26,6 @@ class RunConfig:
 
 
 @dataclass
-class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    timeout_min: int = 60 * 24
-    cpus_per_task: int = 8
-    mem_gb: Optional[int] = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
-    max_requeues: int = 100
-    folder: str = "slurm"  # submitit logs, under the run's local home
-    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
-
-
-@dataclass
 class RayConfig:
     address: Optional[str] = None  # None: start (or join) a local Ray instance
     max_failures: int = 3
@@ -49,13 +35,31 @@ class RayConfig:
 
 @dataclass
 class ClusterConfig:
+    """Where and how the ranks start. Shared keys first; `slurm` keys are flat (cluster.partition=...) so a
+    cluster=slurm command line reads like sbatch's."""
     backend: str = "local"  # local | slurm | ray
     nodes: int = 1
-    procs_per_node: int = 0  # ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
+    procs_per_node: int = 0  # local: ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
     gpus_per_node: int = 0
-    master_port: int = 0  # 0 = pick a free port
-    foreground: bool = True  # wait for the job and show its progress
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    master_port: int = 0  # local: 0 = pick a free port
+    foreground: bool = True  # local: wait for the job and show its progress
+    # --- slurm (submitit -> sbatch/srun); see configs/cluster/slurm.yaml
+    tasks_per_node: int = 1  # one rank per task: one per GPU
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    time_min: int = 60 * 24
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
+    max_requeues: int = 100  # requeues after a stop signal (SLURM_RESTART_COUNT), then the job just stops
+    setup: List[str] = field(default_factory=list)  # shell lines before srun: module load, env
+    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {gres: "gpu:8"}
+    folder: Optional[str] = None  # submitit's folder (must be seen by every node); None: <run home>/slurm
+    wait: bool = False  # block and stream progress until the job ends
+    dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -212,9 +216,8 @@ def within(lo, hi, hi_open=False):
 BOUNDS = {
     "cluster.nodes": at_least(1), "cluster.procs_per_node": at_least(0), "cluster.gpus_per_node": at_least(0),
     "cluster.master_port": within(0, 65535),
-    "cluster.slurm.timeout_min": at_least(1), "cluster.slurm.cpus_per_task": at_least(1),
-    "cluster.slurm.mem_gb": at_least(1), "cluster.slurm.signal_delay_s": at_least(0),
-    "cluster.slurm.max_requeues": at_least(0),
+    "cluster.tasks_per_node": at_least(1), "cluster.time_min": at_least(1), "cluster.cpus_per_task": at_least(1),
+    "cluster.mem_gb": at_least(1), "cluster.signal_delay_s": at_least(0), "cluster.max_requeues": at_least(0),
     "cluster.ray.max_failures": at_least(-1), "cluster.ray.cpus_per_worker": at_least(1),  # Ray: -1 = forever
     "model.num_classes": at_least(1), "model.patch_size": at_least(1), "model.embed_dim": at_least(1),
     "model.depth": at_least(1), "model.num_heads": at_least(1), "model.mlp_ratio": above(0),
@@ -226,6 +229,7 @@ BOUNDS = {
     "train.log_every": at_least(1), "train.max_steps": at_least(0),
     "checkpoint.every_steps": at_least(0), "checkpoint.every_epochs": at_least(0),
     "checkpoint.keep_last": at_least(0), "checkpoint.keep_every": at_least(0),  # keep_last 0: keep all
+    "checkpoint.every_minutes": at_least(0),
     "data.num_frames": at_least(1), "data.stride": at_least(1), "data.crop_size": at_least(1),
     "data.test_short_side": at_least(1), "data.val_clips": at_least(1), "data.test_clips": at_least(1),
     "data.test_crops": at_least(1), "data.color_jitter_prob": within(0, 1), "data.std": above(0),

@@ -28,18 +28,86 @@ def backend_name() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_distributed(timeout_s: int = 1800) -> None:
+class RendezvousError(RuntimeError):
+    """The scheduler's variables are missing or contradict each other: never guess a world size."""
+
+
+TORCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'node[1-2]' -> 'node1', 'gpu[007,009-010],cpu1' -> 'gpu007'."""
+    head = nodelist.strip().split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist.strip()
+    if "[" not in head:
+        return head
+    prefix, rest = head.split("[", 1)
+    return prefix + rest.split("]")[0].split(",")[0].split("-")[0]
+
+
+def slurm_port(job_id: str) -> int:
+    """Every task of a job derives the same port, and a requeued job (same id) gets it again."""
+    return 20000 + int(job_id) % 20000
+
+
+def process_env(environ=None) -> dict:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for this process.
+
+    From SLURM's variables under srun, else from torchrun/our local backend (RANK...), else a lone process
+    (no scheduler at all). Missing or inconsistent variables raise RendezvousError: a rank that guesses
+    world size 1 would train alone and write into a shared run home."""
+    env = os.environ if environ is None else environ
+    if "SLURM_PROCID" in env and "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env:
+        missing = [k for k in ("SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST") if not env.get(k)]
+        if missing:
+            raise RendezvousError(f"SLURM task without {', '.join(missing)}: cannot place this rank")
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
+        job_id = env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"]
+        out = dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local,
+                   LOCAL_WORLD_SIZE=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or None,
+                   MASTER_ADDR=first_host(env["SLURM_JOB_NODELIST"]), MASTER_PORT=slurm_port(job_id))
+        for key in ("RANK", "WORLD_SIZE"):  # set by hand or inherited from a launcher: must agree
+            if key in env and int(env[key]) != out[key]:
+                raise RendezvousError(f"{key}={env[key]} contradicts SLURM's {out[key]} (unset it in the job's "
+                                      "environment, or run one task per rank under srun)")
+    elif "RANK" in env or "WORLD_SIZE" in env:
+        missing = [k for k in TORCH_KEYS if not env.get(k)]
+        if missing:
+            raise RendezvousError(f"RANK/WORLD_SIZE set but {', '.join(missing)} missing")
+        out = dict(RANK=int(env["RANK"]), WORLD_SIZE=int(env["WORLD_SIZE"]), LOCAL_RANK=int(env["LOCAL_RANK"]),
+                   LOCAL_WORLD_SIZE=env.get("LOCAL_WORLD_SIZE"), MASTER_ADDR=env["MASTER_ADDR"],
+                   MASTER_PORT=int(env["MASTER_PORT"]))
+    elif int(env.get("SLURM_NTASKS", "1")) > 1:
+        raise RendezvousError(f"inside SLURM job {env.get('SLURM_JOB_ID')} with {env['SLURM_NTASKS']} tasks but "
+                              "not in an srun task: start one process per rank with srun")
+    else:  # a lone process: tests, notebooks, `python -m jobs` by hand
+        out = dict(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=int(env.get("MASTER_PORT") or free_port()))
+    if not 0 <= out["RANK"] < out["WORLD_SIZE"] or not 0 <= out["LOCAL_RANK"] < out["WORLD_SIZE"]:
+        raise RendezvousError(f"rank {out['RANK']} / local rank {out['LOCAL_RANK']} outside world size "
+                              f"{out['WORLD_SIZE']}")
+    return {k: str(v) for k, v in out.items() if v is not None}
+
+
+def export_process_env() -> dict:
+    """Put process_env() into os.environ (what torch.distributed and DeepSpeed read)."""
+    env = process_env()
+    os.environ.update(env)
+    return env
+
+
+def init_distributed(timeout_s: int | None = None) -> None:
     """Join (or create, for a lone process) the default process group, through DeepSpeed so its comm
-    layer and ours share one group. Safe to call when a group already exists (Ray Train makes one)."""
+    layer and ours share one group. Safe to call when a group already exists (Ray Train makes one).
+
+    The timeout bounds how long a rank waits in a collective for a peer that is gone (default 600 s,
+    MSCA_COLLECTIVE_TIMEOUT_S); under SLURM --kill-on-bad-exit usually ends such a job much sooner."""
     if dist.is_available() and dist.is_initialized():
         return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    export_process_env()
+    if timeout_s is None:
+        timeout_s = int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local_device(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()))
     disable_deepspeed_shm_build()
     import deepspeed
 
@@ -50,6 +118,17 @@ def init_distributed(timeout_s: int = 1800) -> None:
     )
 
 
+def local_device(local_rank: int, visible: int) -> int:
+    """The GPU of this rank: its local rank when the task sees all of the node's GPUs (--gpus-per-node), or the
+    only one it sees when the scheduler binds one GPU per task (--gpus-per-task=1, CUDA_VISIBLE_DEVICES=<one>)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RendezvousError(f"local rank {local_rank} but only {visible} visible GPU(s) "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): one task per GPU")
+    return local_rank
+
+
 def disable_deepspeed_shm_build() -> None:
     """On CPU DeepSpeed JIT-compiles a shared-memory comm op (45-90 s of g++) on first use; gloo does
     the same job, so skip it."""
@@ -58,6 +137,10 @@ def disable_deepspeed_shm_build() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

@@ -106,21 +106,32 @@ def refuse_if_running(cfg: DictConfig) -> None:
                            f"of the same run.name then resumes it")
 
 
-def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
+def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int:
     absolutize(cfg)
     validate(cfg)
+    backend = get_backend(cfg.cluster.backend)
+    uri = run_uri(cfg.store.root, cfg.run.name)
+    spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
+                   log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)
+    if cfg.cluster.get("dry_run"):  # nothing written, nothing submitted
+        if not hasattr(backend, "sbatch_script"):
+            raise ValueError(f"cluster.dry_run=true is for cluster=slurm, not {cfg.cluster.backend}")
+        print(backend.sbatch_script(spec, cfg.cluster))
+        return 0
     refuse_if_running(cfg)
     if cfg.run.check_data:
         check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
+    if hasattr(backend, "check"):  # the scheduler's objections before anything is written
+        backend.check(spec, cfg.cluster)
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
-    spec = JobSpec(job=cfg.run.job, run_uri=home.uri, endpoint_url=cfg.store.endpoint_url,
-                   log_dir=str(home.local_dir / "logs"))
-    handle = get_backend(cfg.cluster.backend).submit(spec, cfg.cluster)
+    spec.log_dir = str(home.local_dir / "logs")
+    handle = backend.submit(spec, cfg.cluster)
     print(f"{handle.backend}: {handle.description}")
     if handle.returncode is None:
-        print(f"follow it: tail -f {spec.log_dir}/rank0.log (metrics: {home.store.url('metrics.jsonl')}); once it "
-              f"has stopped, the same command with run.name={cfg.run.name} resumes it")
+        print(handle.follow or f"follow it: tail -f {spec.log_dir}/rank0.log (metrics: "
+              f"{home.store.url('metrics.jsonl')}); once it has stopped, the same command with "
+              f"run.name={cfg.run.name} resumes it")
         return 0
     if handle.returncode == EXIT_STOPPED:
         print(f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
@@ -137,13 +148,13 @@ def launch_one(cfg: DictConfig, overrides: list[str]) -> int:
     return 0
 
 
-def launch_variants(cfg: DictConfig, overrides: list[str], compose) -> int:
+def launch_variants(cfg: DictConfig, overrides: list[str], compose, make_callable=None) -> int:
     """One run per model preset, same everything else; a comparison table when they finish here."""
     base, homes, code = cfg.run.name, [], 0
     for variant in cfg.run.variants:
         extra = [f"model={variant}", f"run.name={base}-{variant}", "run.variants=[]"]
         sub = compose([o for o in overrides if not o.startswith(("model=", "run.name="))] + extra)
-        code = launch_one(sub, overrides + extra) or code
+        code = launch_one(sub, overrides + extra, make_callable) or code
         homes.append(RunHome(run_uri(sub.store.root, sub.run.name), sub.store.endpoint_url))
         if code == EXIT_STOPPED:  # Ctrl-C stops the comparison, not just this variant
             return code
@@ -176,8 +187,10 @@ def unset_section(overrides: list[str], compose) -> str | None:
     return None
 
 
-def launch(cfg: DictConfig, overrides: list[str], compose) -> int:
+def launch(cfg: DictConfig, overrides: list[str], compose, jobs: dict | None = None) -> int:
+    """`jobs`: jobs.JOBS (launch.py passes it; msca never imports jobs/), for backends that pickle the job."""
     validate(cfg)  # before anything is written or started
+    make_callable = jobs.get(cfg.run.job) if jobs else None
     if cfg.run.variants:
-        return launch_variants(cfg, overrides, compose)
-    return launch_one(cfg, overrides)
+        return launch_variants(cfg, overrides, compose, make_callable)
+    return launch_one(cfg, overrides, make_callable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,10 @@ class StopFlag:
     def __init__(self, signals=STOP_SIGNALS):
         self.signum = 0
         self._previous = {}
-        for sig in signals:
+        if threading.current_thread() is not threading.main_thread():
+            log.info("not in the main thread (Ray Train): no signal handlers; the backend restarts the group")
+            return
+        for sig in signals:  # replaces submitit's USR2 handler, which would requeue before the ranks saved
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -49,3 +53,15 @@ class StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+_installed: StopFlag | None = None
+
+
+def install() -> StopFlag:
+    """The process's one stop flag, created on first call. Jobs call it first thing in the main thread, before
+    heavy initialisation, so a signal during model build or checkpoint download is not lost."""
+    global _installed
+    if _installed is None:
+        _installed = StopFlag()
+    return _installed

@@ -27,7 +27,8 @@ from msca.evaluate import gather, padded_shard, predict, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
-from msca.preemption import StopFlag, StopRequested
+from msca.preemption import StopRequested
+from msca.preemption import install as install_stop_flag
 from msca.run_home import RunHome
 from msca.session import RunSession
 from msca.storage import open_store
@@ -120,7 +121,7 @@ class Trainer:
         t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
-        self.stop = StopFlag()
+        self.stop = install_stop_flag()  # normally already installed by the job entry
         # the store's history up to the restored step; anything after it is recomputed
         self.metrics = MetricsLogger(home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main())
         self.step_s = 0.0  # wall time inside training steps (the attempt ledger's productive time)

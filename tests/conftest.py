@@ -16,3 +16,6 @@ def _seeded():
 
 # A real S3 server (SeaweedFS) for storage/data/checkpoint tests: `s3_server` (session) and `s3_env` (per test).
 from s3_server import s3_env, s3_server  # noqa: E402,F401
+
+# A real two-node SLURM (ctl, node1, node2 in namespaces; infra/slurm/cluster.sh): `slurm_cluster` (session).
+from slurm_cluster import slurm_cluster  # noqa: E402,F401

@@ -3,7 +3,7 @@ benchmark's imports (or absence) never affect another."""
 import importlib
 import sys
 
-COMMANDS = ("model", "data", "train", "seeds", "readme", "checkpoint")
+COMMANDS = ("model", "data", "train", "seeds", "readme", "checkpoint", "preempt")
 
 
 def main(argv: list[str] | None = None) -> int:

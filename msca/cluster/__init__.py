@@ -20,6 +20,7 @@ class Handle:
     backend: str
     description: str  # how to follow it (PIDs, job id, ...)
     returncode: Optional[int] = None  # set when the backend waited for the job
+    follow: Optional[str] = None  # how to follow / stop it, when the backend returned at once
 
 
 def get_backend(name: str):
@@ -27,4 +28,8 @@ def get_backend(name: str):
         from msca.cluster.local import LocalBackend
 
         return LocalBackend()
-    raise ValueError(f"cluster.backend={name!r}: this build has only 'local' (slurm and ray are coming)")
+    if name == "slurm":
+        from msca.cluster.slurm import SlurmBackend
+
+        return SlurmBackend()
+    raise ValueError(f"cluster.backend={name!r}: this build has 'local' and 'slurm' (ray is coming)")
