@@ -25,7 +25,7 @@ class Job:
         dist.setup_logging()
         preemption.install()
         dist.init_distributed()
-        hosts = dist.all_gather_object(socket.gethostname())
+        self.hosts = hosts = dist.all_gather_object(socket.gethostname())  # every rank's host, by rank
         log.info("%d rank(s) on %s; rendezvous %s:%s", dist.world_size(),
                  ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), env.get("MASTER_ADDR", "-"),
                  env.get("MASTER_PORT", "-"))

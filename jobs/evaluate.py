@@ -8,9 +8,10 @@ import logging
 
 import torch
 
-from msca import dist
+from msca import dist, preemption
 from msca.data import build_dataset
 from msca.metrics import read_metrics
+from msca.preemption import EvaluationInterrupted, StopRequested
 from msca.run_home import RunHome
 from msca.train import DTYPES, build_model, evaluate_dataset
 
@@ -28,7 +29,10 @@ def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
         state = torch.load(io.BytesIO(home.store.read_bytes("model.pt")), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         forward = model.to(device=device, dtype=dtype).eval()
-    res = evaluate_dataset(forward, dataset, cfg, device, dtype)
+    try:
+        res = evaluate_dataset(forward, dataset, cfg, device, dtype, stop=preemption.install().agreed)
+    except EvaluationInterrupted as stop:  # rerun by the relaunch: training is done, its weights committed
+        raise StopRequested(-1, stop.signum, during="during the final evaluation") from None
     res.update(run=home.name, model=cfg.model.name, views=f"{cfg.data.test_clips}x{cfg.data.test_crops}")
     if dist.is_main():
         write_results(home, res, plots=cfg.eval.plots)

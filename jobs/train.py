@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 
 import torch
 
@@ -27,8 +26,7 @@ class Train(Job):
     def __call__(self) -> dict:
         home = self.start()
         cfg = home.config()
-        hosts = dist.all_gather_object(socket.gethostname())
-        session = agreed(lambda: RunSession.open(home, hosts, dist.world_size()) if dist.is_main() else None,
+        session = agreed(lambda: RunSession.open(home, self.hosts, dist.world_size()) if dist.is_main() else None,
                          "taking the run's lease")
         try:
             result = self.train(cfg, home, session)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from msca import dist
+from msca.preemption import EvaluationInterrupted
 
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:
@@ -42,10 +44,16 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(forward, loader, device: torch.device, dtype: torch.dtype = torch.float32) -> Predictions:
-    """Run `forward` ((B', T, 3, H, W) -> (B', K)) on every batch of views of this rank's videos."""
+def predict(forward, loader, device: torch.device, dtype: torch.dtype = torch.float32,
+            stop: Optional[Callable[[], int]] = None) -> Predictions:
+    """Run `forward` ((B', T, 3, H, W) -> (B', K)) on every batch of views of this rank's videos.
+    `stop` (collective: every rank runs the same number of batches) is asked before each batch; a signal number
+    ends the evaluation with EvaluationInterrupted, so a stop never waits for a long evaluation."""
     idx, lab, out = [], [], []
     for batch in loader:
+        signum = stop() if stop is not None else 0
+        if signum:
+            raise EvaluationInterrupted(signum)
         video = batch["video"].to(device, dtype=dtype, non_blocking=True)  # (B, V, T, 3, H, W)
         b, v = video.shape[:2]
         logits = forward(video.flatten(0, 1)).float()  # (B*V, K)

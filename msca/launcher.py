@@ -14,12 +14,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from msca.checkpoint import MANIFEST
+from msca.checkpoint import MANIFEST, CheckpointManager
 from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
 from msca.data import check_data
 from msca.lease import live_holder
-from msca.preemption import EXIT_STOPPED
+from msca.preemption import EXIT_KILLED, EXIT_STOPPED
 from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
 from msca.session import LEASE_TTL_S
@@ -137,15 +137,28 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
         print(f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
               f"newest committed checkpoint")
         return handle.returncode
+    if handle.returncode == EXIT_KILLED:
+        print(f"run {cfg.run.name} was killed: its ranks did not stop within the grace period, so no stop "
+              f"checkpoint was committed; the same command resumes it from {newest_commit(home)}")
+        return handle.returncode
     if handle.returncode:
-        print(f"run {cfg.run.name} failed (exit {handle.returncode}); logs: {spec.log_dir}. Re-launching the "
-              f"same run.name resumes it.")
+        print(f"run {cfg.run.name} failed (exit {handle.returncode})"
+              + (f": {handle.error}" if handle.error else "")
+              + f"\nlogs: {spec.log_dir}. Fix the cause; the same command then resumes it from {newest_commit(home)}")
         return handle.returncode
     results = load_results(home)
     if results:
         print(f"test top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
               f"({results['num_videos']} videos, {results['views']} views) -> {home.store.url('results.json')}")
     return 0
+
+
+def newest_commit(home: RunHome) -> str:
+    try:
+        steps = CheckpointManager(None, home).committed_steps()
+    except OSError:
+        return "its newest committed checkpoint"
+    return f"step {steps[-1]}, its newest committed checkpoint" if steps else "the start (nothing was committed)"
 
 
 def launch_variants(cfg: DictConfig, overrides: list[str], compose, make_callable=None) -> int:

@@ -39,8 +39,11 @@ class Holder:
     renewed: float = 0.0
 
     def died_here(self) -> bool:
-        """True if the holder ran on this host and its process is gone (a crash we can see: no need to wait
-        for the lease to expire)."""
+        """True if we can see that the holder is gone, so there is no need to wait for its lease to expire:
+        it ran on this host and its process is gone, or it is a SLURM job that the scheduler no longer lists
+        (neither running nor pending a requeue)."""
+        if self.job_key.startswith("slurm-") and self.host != socket.gethostname():
+            return slurm_job_gone(self.job_key[len("slurm-"):])
         if self.host != socket.gethostname():
             return False
         try:
@@ -54,6 +57,19 @@ class Holder:
     def describe(self) -> str:
         return (f"{self.backend} job {self.job_key} (attempt {self.attempt}, pid {self.pid} on {self.host}) since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}")
+
+
+def slurm_job_gone(job_id: str) -> bool:
+    """True if `squeue` answers and does not list the job (False when we cannot ask)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if out.returncode and "Invalid job id" in out.stderr:  # purged from the controller: certainly gone
+        return True
+    return out.returncode == 0 and not out.stdout.strip()
 
 
 def live_holder(store: Store, ttl_s: float) -> Holder | None:

@@ -16,14 +16,24 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 EXIT_STOPPED = 3  # a job's exit code when it stopped on request after committing a checkpoint
+EXIT_KILLED = 4   # the launcher had to kill the ranks (no stop checkpoint): the newest commit is the resume point
 
 
 class StopRequested(Exception):
     """Raised by the trainer after the stop checkpoint is committed."""
 
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint is committed")
+    def __init__(self, step: int, signum: int, during: str = ""):
+        where = during or f"at step {step}"
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; a checkpoint is committed")
         self.step, self.signum = step, signum
+
+
+class EvaluationInterrupted(Exception):
+    """A stop was agreed between two evaluation batches (validation or the final test)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"evaluation interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class StopFlag:
@@ -58,10 +68,12 @@ class StopFlag:
 _installed: StopFlag | None = None
 
 
-def install() -> StopFlag:
+def install(pending: int = 0) -> StopFlag:
     """The process's one stop flag, created on first call. Jobs call it first thing in the main thread, before
-    heavy initialisation, so a signal during model build or checkpoint download is not lost."""
+    heavy initialisation, so a signal during model build or checkpoint download is not lost. `pending`: a
+    signal that arrived before (while Python was still importing)."""
     global _installed
     if _installed is None:
         _installed = StopFlag()
+    _installed.signum = _installed.signum or pending
     return _installed

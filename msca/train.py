@@ -27,7 +27,7 @@ from msca.evaluate import gather, padded_shard, predict, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
-from msca.preemption import StopRequested
+from msca.preemption import EvaluationInterrupted, StopRequested
 from msca.preemption import install as install_stop_flag
 from msca.run_home import RunHome
 from msca.session import RunSession
@@ -148,6 +148,7 @@ class Trainer:
         cfg, state = self.cfg, self.state
         progress = self._progress_bar()
         t_start, first_step = time.perf_counter(), state.step
+        self._stop_if_requested()  # a signal during start-up (model build, restore) ends it here, cleanly
         if self.session is not None:
             self.session.ledger.first_step()  # start-up and restore end here; step time starts
         while state.step < self.total_steps and state.epoch < cfg.train.epochs:
@@ -202,12 +203,19 @@ class Trainer:
         """All ranks agree at this step boundary; on a stop, commit a checkpoint of exactly this state."""
         signum = self.stop.agreed()
         if signum:
+            self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
+        """Commit this state (unless it is the start: nothing to save) and end the job as stopped."""
+        if self.state.step > 0:
             log.warning("stop requested (%s): saving step %d before exiting", signal.Signals(signum).name,
                         self.state.step)
-            self.ckpt.save(self.state.step, asdict(self.state))
-            self.ckpt.wait()
-            self.sync_metrics()
-            raise StopRequested(self.state.step, signum)
+            self.ckpt.save(self.state.step, asdict(self.state))  # a no-op if this step is the restored one
+        else:
+            log.warning("stop requested (%s) before the first step: nothing to save", signal.Signals(signum).name)
+        self.ckpt.wait()
+        self.sync_metrics()
+        raise StopRequested(self.state.step, signum)
 
     def _before_commit(self) -> None:
         """(rank 0, before a manifest is written) still the run's only writer, and the store's metric history
@@ -258,7 +266,10 @@ class Trainer:
 
     def evaluate_split(self, dataset) -> dict:
         self.engine.eval()
-        res = evaluate_dataset(self.engine, dataset, self.cfg, self.device, self.dtype)
+        try:
+            res = evaluate_dataset(self.engine, dataset, self.cfg, self.device, self.dtype, stop=self.stop.agreed)
+        except EvaluationInterrupted as stop:  # a stop during validation does not wait for its end
+            self._stop(stop.signum)
         self.engine.train()
         return res
 
@@ -270,11 +281,11 @@ class Trainer:
         return fp32_state_dict(self.engine)
 
 
-def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype) -> dict:
+def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype, stop=None) -> dict:
     """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
     length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
     idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
     loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
                           pin_memory=torch.cuda.is_available())
-    pred = gather(predict(forward, loader, device, dtype).head(real))
+    pred = gather(predict(forward, loader, device, dtype, stop=stop).head(real))
     return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

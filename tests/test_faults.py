@@ -66,3 +66,92 @@ def test_time_based_checkpoints(tmp_path):
     assert proc.returncode == 0, proc.stderr
     ckpts = tmp_path / "store" / "runs" / "timed" / "checkpoints"
     assert sorted(p.parent.name for p in ckpts.glob("*/MANIFEST.json")) == [f"step_00000000{i}" for i in (1, 2, 3, 4)]
+
+
+def test_a_corrupt_video_on_rank_1_is_the_story_the_launcher_tells(tmp_path):
+    """Rank 1's first clip is unreadable (every frame corrupt, no bad data allowed): the launcher names rank 1
+    and its BadDataError with the file, not rank 0's lost-peer error, and nobody prints a traceback."""
+    from msca.data import SyntheticConfig
+    from msca.data.lists import parse_list
+    from msca.data.sampler import ResumableDistributedSampler
+    from msca.data.synthetic import generate
+    from msca.storage import open_store
+
+    data = tmp_path / "data"
+    generate(open_store(str(data)), SyntheticConfig(classes=4, videos_per_class=6, val_videos_per_class=2,
+                                                    frames=16, height=40, width=52))
+    records = parse_list((data / "trainValTest" / "train.txt").read_text()).records
+    sampler = ResumableDistributedSampler(len(records), rank=1, world_size=2, seed=0, shuffle=True, drop_last=True)
+    victim = records[int(sampler.rank_indices(0)[0])].path
+    assert victim != records[0].path  # the launch's own data check reads the first video
+    for frame in (data / victim).iterdir():
+        frame.write_bytes(b"not a jpeg")
+    overrides = small_overrides(tmp_path, data, "corrupt") + COMMON + ["train.max_steps=2",
+                                                                       "data.max_bad_fraction=0"]
+    proc = run_launch(overrides, timeout=180)
+    assert proc.returncode not in (0, 2, 3)
+    assert "rank 1 on" in proc.stdout and "failed first: BadDataError" in proc.stdout
+    assert victim in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_sigterm_during_start_up_stops_cleanly(tmp_path):
+    """A stop signal before the first step (model build, restore) ends the job as stopped, not killed by the
+    signal; nothing needs saving, and the relaunch trains from the start."""
+    import signal
+
+    overrides = small_overrides(tmp_path, tmp_path / "data", "early") + COMMON + ["train.max_steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        from test_resume import rank_pids
+
+        pids = rank_pids(proc.pid, time.time() + 120)
+        time.sleep(1.0)  # the ranks are importing / building: no step yet
+        os.kill(pids[1], signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out + err
+    assert "stopped" in out and "nothing to save" in err
+    home = tmp_path / "store" / "runs" / "early"
+    assert not list(home.glob("checkpoints/*/MANIFEST.json"))
+    assert run_launch(overrides).returncode == 0
+
+
+def test_ranks_that_ignore_the_stop_are_reported_killed_not_stopped():
+    """The launcher's grace period runs out: the ranks are killed and the exit code says so (EXIT_KILLED),
+    never the clean-stop code."""
+    from msca.cluster.local import poll_until_done
+    from msca.preemption import EXIT_KILLED
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    procs = [subprocess.Popen([sys.executable, "-c", stubborn]) for _ in range(2)]
+    time.sleep(0.5)
+    for p in procs:
+        p.send_signal(15)  # what Ctrl-C makes the launcher do; they ignore it
+    t0 = time.time()
+    assert poll_until_done(procs, deadline=time.time() + 1.0) == EXIT_KILLED
+    assert all(p.poll() is not None for p in procs) and time.time() - t0 < 30
+
+
+def test_a_stop_interrupts_an_evaluation_between_batches():
+    import torch
+
+    from msca.evaluate import predict
+    from msca.preemption import EvaluationInterrupted
+
+    batches = [{"video": torch.zeros(1, 1, 2, 3, 8, 8), "label": torch.zeros(1, dtype=torch.long),
+                "index": torch.tensor([i])} for i in range(5)]
+    seen = []
+
+    def forward(x):  # (B*V, T, 3, H, W) -> (B*V, K)
+        seen.append(1)
+        return torch.zeros(x.shape[0], 4)
+
+    asked = iter([0, 0, 15, 15, 15])
+    with pytest.raises(EvaluationInterrupted):
+        predict(forward, batches, torch.device("cpu"), stop=lambda: next(asked))
+    assert len(seen) == 2  # stopped before the third batch

@@ -21,6 +21,7 @@ class Handle:
     description: str  # how to follow it (PIDs, job id, ...)
     returncode: Optional[int] = None  # set when the backend waited for the job
     follow: Optional[str] = None  # how to follow / stop it, when the backend returned at once
+    error: Optional[str] = None  # a failed job: the first failing rank's error, located (msca.failure)
 
 
 def get_backend(name: str):

@@ -14,7 +14,8 @@ import torch
 
 from msca.cluster import Handle, JobSpec
 from msca.dist import free_port
-from msca.preemption import EXIT_STOPPED
+from msca import failure
+from msca.preemption import EXIT_KILLED, EXIT_STOPPED
 
 
 def ranks_for(procs_per_node: int) -> int:
@@ -44,11 +45,12 @@ class LocalBackend:
             cmd += ["--endpoint-url", spec.endpoint_url]
         root = str(Path(__file__).resolve().parents[2])  # `jobs` is importable from the repo root
         job_key = f"local-{uuid.uuid4().hex[:12]}"  # one launch = one job (its lease and attempts say so)
+        failure.clear(log_dir)  # error records of an earlier launch are not this one's story
         procs, logs = [], []
         for r in range(world):
             env = rank_env(r, world, port, threads)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-            env.update(MSCA_BACKEND=self.name, MSCA_JOB_KEY=job_key)
+            env.update(MSCA_BACKEND=self.name, MSCA_JOB_KEY=job_key, **{failure.ERROR_DIR_ENV: str(log_dir)})
             if r == 0 and cluster.foreground:
                 out = None  # rank 0 talks to the terminal (progress bar, logs)
             else:
@@ -64,7 +66,8 @@ class LocalBackend:
         finally:
             for f in logs:
                 f.close()
-        return Handle(self.name, desc, returncode=code)
+        error = failure.first_failure(log_dir) if code not in (0, EXIT_STOPPED, EXIT_KILLED) else None
+        return Handle(self.name, desc, returncode=code, error=error)
 
 
 def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = 300.0) -> int:
@@ -98,8 +101,8 @@ def poll_until_done(procs: list[subprocess.Popen], deadline: float | None = None
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.2)
-    terminate(procs)
-    return EXIT_STOPPED
+    terminate(procs)  # the grace period is over: no stop checkpoint was committed by these ranks
+    return EXIT_KILLED
 
 
 def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
@@ -112,3 +115,4 @@ def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()

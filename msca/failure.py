@@ -1,0 +1,90 @@
+"""When a job fails, the first failing rank tells the story.
+
+A rank that fails writes `rank<N>.error.json` (time, host, the exception line, the frames that locate it, the
+full traceback) into the job's log folder (`MSCA_ERROR_DIR`, set by the backend). The launcher then reports the
+*first* failure, not the collateral errors of ranks that lost their peer ("Connection closed by peer").
+
+Expected failures (an unreachable store, bad credentials, a missing bucket, bad data, a held lease, a bad
+value) are one line in the rank's log, no traceback: they are the user's to fix, not bugs. Anything else is
+a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+ERROR_DIR_ENV = "MSCA_ERROR_DIR"
+
+
+def expected_errors() -> tuple:
+    from msca.collective import CollectiveError
+    from msca.data.dataset import BadDataError
+    from msca.lease import LeaseHeld
+
+    # OSError covers ConnectionError, PermissionError (bad credentials) and FileNotFoundError
+    return (OSError, LookupError, ValueError, BadDataError, LeaseHeld, CollectiveError)
+
+
+def is_expected(err: BaseException) -> bool:
+    return isinstance(err, expected_errors())
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def locate(err: BaseException, frames: int = 3) -> list[str]:
+    """The innermost frames of the project's own code (or the innermost frames at all), as 'file:line in fn'."""
+    tb = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in tb if "/msca/" in f.filename or "/jobs/" in f.filename] or list(tb)
+    return [f"{os.path.relpath(f.filename)}:{f.lineno} in {f.name}" for f in ours[-frames:]]
+
+
+def record(err: BaseException) -> None:
+    """Write this rank's failure into the backend's log folder (no-op without one)."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return
+    rank = os.environ.get("RANK", "0")
+    entry = {"time": time.time(), "rank": int(rank), "host": socket.gethostname(), "error": one_line(err),
+             "where": locate(err), "expected": is_expected(err),
+             "collateral": is_collateral(err), "traceback": "".join(traceback.format_exception(err))}
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"rank{rank}.error.json").write_text(json.dumps(entry, indent=1))
+    except OSError:
+        pass  # the log folder is gone: the rank's own log still has the error
+
+
+def is_collateral(err: BaseException) -> bool:
+    """Errors a rank gets because *another* rank failed (its peer vanished, or an agreed section re-raised)."""
+    from msca.collective import CollectiveError
+
+    text = str(err).lower()
+    return isinstance(err, CollectiveError) or any(s in text for s in (
+        "connection closed by peer", "connection reset by peer", "broken pipe", "socket closed"))
+
+
+def clear(folder: str | Path) -> None:
+    for f in Path(folder).glob("rank*.error.json"):
+        f.unlink(missing_ok=True)
+
+
+def first_failure(folder: str | Path) -> str | None:
+    """'rank N on HOST: Error: message (at file:line in fn)' for the first root-cause failure, else None."""
+    entries = []
+    for f in Path(folder).glob("rank*.error.json"):
+        try:
+            entries.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    if not entries:
+        return None
+    first = min(entries, key=lambda e: (e["collateral"], e["time"]))
+    where = f" (at {first['where'][-1]})" if first["where"] and not first["expected"] else ""
+    return f"rank {first['rank']} on {first['host']} failed first: {first['error']}{where}"
