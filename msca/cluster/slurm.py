@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from msca import failure
 from msca.cluster import Handle, JobSpec
 
 # Nothing heavy at import time (no torch, no boto3): submitit unpickles SlurmJob before it installs its USR2
@@ -43,6 +44,11 @@ class SlurmJob:
         except StopRequested as stop:
             requeue_after_stop(stop, self.max_requeues)
             sys.exit(EXIT_STOPPED)  # SystemExit passes submitit's handler: no result file, the job is not "done"
+        except Exception as err:
+            from msca import failure
+
+            failure.record(err)  # for `launch.py ... cluster.wait=true`: the first failing rank's story
+            raise
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit's own USR2 handler, which is active only until the job installs ours (before
@@ -101,11 +107,12 @@ def check_writable(folder: Path) -> None:
                          "filesystem every node sees") from None
 
 
-def sbatch_parameters(cluster, job_name: str) -> dict:
+def sbatch_parameters(cluster, job_name: str, folder: Path) -> dict:
     params = dict(job_name=job_name, nodes=cluster.nodes, ntasks_per_node=cluster.tasks_per_node,
                   cpus_per_task=cluster.cpus_per_task, time=cluster.time_min, signal_delay_s=cluster.signal_delay_s,
                   srun_args=["--kill-on-bad-exit=1"],  # a rank that dies takes the others down at once
-                  setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}", *cluster.setup],
+                  setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
+                         f"export MSCA_ERROR_DIR={folder}/errors-$SLURM_JOB_ID", *cluster.setup],
                   stderr_to_stdout=True)
     if cluster.gpus_per_node:
         params["gpus_per_node"] = cluster.gpus_per_node
@@ -123,7 +130,7 @@ def executor(folder: Path, cluster, job_name: str):
     import submitit
 
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
-    ex.update_parameters(**sbatch_parameters(cluster, job_name))
+    ex.update_parameters(**sbatch_parameters(cluster, job_name, folder))
     return ex
 
 
@@ -160,7 +167,11 @@ class SlurmBackend:
                   f"cancel: scancel {job.job_id}")
         if not cluster.wait:
             return Handle(self.name, desc, follow=follow)
-        return Handle(self.name, desc, returncode=wait_for(job, folder), follow=follow)
+        from msca.preemption import EXIT_STOPPED
+
+        code = wait_for(job, folder)
+        error = failure.first_failure(folder / f"errors-{job.job_id}") if code not in (0, EXIT_STOPPED) else None
+        return Handle(self.name, desc, returncode=code, follow=follow, error=error)
 
 
 def job_name(spec: JobSpec) -> str:
