@@ -1,8 +1,9 @@
 """SLURM backend: the job from `jobs.JOBS` submitted through submitit (sbatch + one srun task per rank).
 
 What SLURM needs beyond the job entry's own process setup is only what happens after a stop: when USR2 (the
-time-limit/preemption warning we ask for with --signal) made the ranks commit a checkpoint, rank 0 requeues the
-job and every rank exits; the requeued job resumes from the run home like any other start. The only importer of
+time-limit warning we ask for with --signal) or SIGTERM (preemption) made the ranks commit a checkpoint, rank 0
+requeues the job (if it is still RUNNING) and every rank exits; the requeued job resumes from the run home like
+any other start. The only importer of
 submitit besides tests.
 """
 from __future__ import annotations
