@@ -157,17 +157,37 @@ def test_scontrol_requeue_without_a_signal_resumes_exactly(reference, slurm_clus
     assert_same_weights(tmp, home)
 
 
-def test_sigterm_saves_and_stops_without_requeue_and_a_relaunch_finishes_exactly(reference, slurm_cluster):
-    """SIGTERM is the scheduler's preemption or a cancel: save, exit, leave requeueing to the scheduler."""
+def test_preemption_by_a_higher_tier_job_saves_requeues_and_resumes_exactly(reference, slurm_cluster):
+    """PreemptMode=REQUEUE with GraceTime: SLURM sends SIGTERM; the ranks save at the next step and rank 0
+    requeues (a job that exits by itself in the grace period would end FAILED); the urgent job runs; ours
+    resumes from the stop step and ends bit-identical."""
     tmp, _, _ = reference
-    jid, overrides = start(tmp, "term", slurm_cluster)
-    slurm_cluster.run("scancel", "--signal=TERM", jid)
+    jid, _ = start(tmp, "preempted", slurm_cluster)
+    urgent = slurm_cluster.run("sbatch", "--parsable", "-p", "urgent", "-N2", "--exclusive", "-o",
+                               str(tmp / "urgent_%j.out"), "--wrap", "srun hostname").stdout.strip()
+    assert wait_state(slurm_cluster, urgent)[0] == "COMPLETED"
     state, _ = wait_state(slurm_cluster, jid)
-    home = tmp / "store" / "runs" / "term"
+    home = tmp / "store" / "runs" / "preempted"
     text = logs(home, jid)
-    assert state == "FAILED" and "stop requested (SIGTERM)" in text and "requeued job" not in text, text[-3000:]
+    assert state == "COMPLETED", text[-3000:]
+    stop = int(re.search(r"stop requested \(SIGTERM\): saving step (\d+)", text).group(1))
+    assert f"requeued job {jid} (restart 1 of at most 100) after the checkpoint at step {stop}" in text
+    assert re.search(rf"resumed from \S+/step_{stop:09d} \(step {stop}\)", text), text[-3000:]
+    assert_same_weights(tmp, home)
+
+
+def test_scancel_saves_and_ends_without_requeue_and_a_relaunch_finishes_exactly(reference, slurm_cluster):
+    """A user's scancel: SIGTERM, the ranks save, `scontrol requeue` refuses (the job is cancelled)."""
+    tmp, _, _ = reference
+    jid, overrides = start(tmp, "cancelled", slurm_cluster)
+    slurm_cluster.run("scancel", jid)
+    state, _ = wait_state(slurm_cluster, jid)
+    home = tmp / "store" / "runs" / "cancelled"
+    text = logs(home, jid)
+    assert state == "CANCELLED" and "requeued job" not in text and "not requeued: the job is" in text, text[-3000:]
     again = run_launch(overrides + ["cluster.wait=true"], env=slurm_cluster.env)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from" in again.stdout
     assert_same_weights(tmp, home)
 
 

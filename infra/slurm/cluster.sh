@@ -15,7 +15,7 @@
 # /etc/resolv.conf are bind-mounted; jobs inherit them from slurmd. No default route: nothing leaves
 # 10.77.0.0/24. Never `ip netns exec` for slurmd (it remounts /sys and hides the cgroup fs).
 set -euo pipefail
-NODES=(node1 node2)
+NODES=(node1 node2)  # both in partitions `debug` (default, preemptible: REQUEUE) and `urgent` (preempts debug)
 declare -A ADDR=([ctl]=10.77.0.3 [node1]=10.77.0.1 [node2]=10.77.0.2)
 BR=msca-br0
 OWNER=/run/msca-slurm.owner   # which DIR holds the (fixed-name) namespaces
@@ -84,9 +84,12 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=10.77.0.3
 AccountingStoragePort=6819
 AccountingStoragePass=$B/munge/munge.sock
-NodeName=node1 NodeAddr=10.77.0.1 CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
-NodeName=node2 NodeAddr=10.77.0.2 CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
-PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
+NodeName=node1 NodeAddr=10.77.0.1 CPUs=$(getconf _NPROCESSORS_ONLN) RealMemory=4000 State=UNKNOWN
+NodeName=node2 NodeAddr=10.77.0.2 CPUs=$(getconf _NPROCESSORS_ONLN) RealMemory=4000 State=UNKNOWN
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=10
+PartitionName=urgent Nodes=node1,node2 MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 CONF
   cat >"$B/etc/slurmdbd.conf" <<CONF
 AuthType=auth/munge
@@ -163,7 +166,7 @@ up() {
     mkdir -p "$B/spool/$n"
     spawn $n "$B/log/slurmd-$n.out" slurmd -D >"$B/run/slurmd-$n.pid.own"
   done
-  wait_for 30 "both nodes idle" bash -c '[ "$(sinfo -h -N -o %t | grep -c idle)" = 2 ]'
+  wait_for 30 "both nodes idle" bash -c '[ "$(sinfo -h -N -p debug -o %t | grep -c idle)" = 2 ]'
   log "up: node1 node2 idle; state in $B"
   echo "export SLURM_CONF=$B/etc/slurm.conf"
 }

@@ -1,8 +1,9 @@
 """SLURM backend: the job from `jobs.JOBS` submitted through submitit (sbatch + one srun task per rank).
 
 What SLURM needs beyond the job entry's own process setup is only what happens after a stop: when USR2 (the
-time-limit/preemption warning we ask for with --signal) made the ranks commit a checkpoint, rank 0 requeues the
-job and every rank exits; the requeued job resumes from the run home like any other start. The only importer of
+time-limit warning we ask for with --signal) or SIGTERM (preemption) made the ranks commit a checkpoint, rank 0
+requeues the job (if it is still RUNNING) and every rank exits; the requeued job resumes from the run home like
+any other start. The only importer of
 submitit besides tests.
 """
 from __future__ import annotations
@@ -59,28 +60,42 @@ class SlurmJob:
             SlurmJob(self.make_callable, self.run_uri, self.endpoint_url, self.max_requeues))
 
 
-def requeue_after_stop(stop: StopRequested, max_requeues: int) -> None:
-    """Called on every rank once the stop checkpoint is committed. Only USR2 requeues (SIGTERM is the
-    scheduler's own preemption or a cancel: it decides). Rank 0 requeues, then all ranks meet so none exits
-    (and trips --kill-on-bad-exit) before the requeue is in."""
+def requeue_after_stop(stop, max_requeues: int) -> None:
+    """Called on every rank once the stop checkpoint is committed. Rank 0 requeues the job, then all ranks
+    meet so none exits (and trips --kill-on-bad-exit) before the requeue is in.
+
+    USR2 (our time-limit warning, or a manual `scancel --signal=USR2`) and SIGTERM (preemption: with a
+    GraceTime a job that exits by itself during the grace period ends FAILED instead of being requeued by
+    SLURM) both requeue. Where the job is no longer requeueable (a user's scancel, a time-out, an admin's
+    requeue already in) the job is no longer RUNNING and is left alone (`scontrol requeue` would accept a
+    cancelled job)."""
     import logging
 
     from msca import dist
 
     log = logging.getLogger(__name__)
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    if stop.signum == signal.SIGUSR2 and dist.is_main():
+    if dist.is_main():
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ["SLURM_JOB_ID"]
+        state = job_state(job_id)
         if restarts >= max_requeues:
             log.warning("not requeued: %d requeues already (cluster.max_requeues=%d)", restarts, max_requeues)
+        elif state != "RUNNING":  # scancel (CANCELLED), an admin's requeue already in, a time-out
+            log.warning("not requeued: the job is %s (%s)", state, signal.Signals(stop.signum).name)
         else:
             r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
             if r.returncode:
-                log.warning("scontrol requeue %s failed: %s", job_id, (r.stderr or r.stdout).strip())
+                log.warning("not requeued (%s): %s", signal.Signals(stop.signum).name,
+                            (r.stderr or r.stdout).strip())
             else:
                 log.warning("requeued job %s (restart %d of at most %d) after the checkpoint at step %d",
                             job_id, restarts + 1, max_requeues, stop.step)
     dist.barrier()
+
+
+def job_state(job_id: str) -> str:
+    r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    return r.stdout.split()[0] if r.stdout.split() else "UNKNOWN"
 
 
 # ------------------------------------------------------------------------------------------------ submit side
