@@ -10,6 +10,7 @@ rest (validation, evaluation, data waits outside steps, time lost after the last
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from typing import Optional
 from msca.storage import Store
 
 PREFIX = "attempts/"
+log = logging.getLogger(__name__)
 
 
 def job_identity() -> tuple[str, str]:
@@ -69,10 +71,20 @@ class AttemptLedger:
         self.attempt = Attempt(id=time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6],
                                backend=backend, job_key=job_key, hosts=sorted(set(hosts)), world_size=world_size,
                                started=now, restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        self._written = False
 
     def write(self) -> None:
+        """Best effort after the first write: a store outage delays the record, it never costs the run (the
+        next heartbeat writes it whole)."""
         self.attempt.heartbeat = time.time()
-        self.store.write_text(self.attempt.key, json.dumps(asdict(self.attempt), indent=1))
+        try:
+            self.store.write_text(self.attempt.key, json.dumps(asdict(self.attempt), indent=1))
+        except OSError as err:
+            if not self._written:
+                raise
+            log.warning("attempt record %s not written (%s); it is rewritten at the next heartbeat",
+                        self.store.url(self.attempt.key), err)
+        self._written = True
 
     def restored(self, step: int, seconds: float, total_steps: int = 0) -> None:
         self.attempt.restored_step, self.attempt.restore_s = step, round(seconds, 3)
