@@ -25,17 +25,9 @@ class RunConfig:
 
 
 @dataclass
-class RayConfig:
-    address: Optional[str] = None  # None: start (or join) a local Ray instance
-    max_failures: int = 3
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-
-
-@dataclass
 class ClusterConfig:
-    """Where and how the ranks start. Shared keys first; `slurm` keys are flat (cluster.partition=...) so a
-    cluster=slurm command line reads like sbatch's."""
+    """Where and how the ranks start. Shared keys first; `slurm` and `ray` keys are flat (cluster.partition=...,
+    cluster.num_workers=...) so a command line reads like the scheduler's own options."""
     backend: str = "local"  # local | slurm | ray
     nodes: int = 1
     procs_per_node: int = 0  # local: ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
@@ -59,7 +51,16 @@ class ClusterConfig:
     folder: Optional[str] = None  # submitit's folder (must be seen by every node); None: <run home>/slurm
     wait: bool = False  # block and stream progress until the job ends
     dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
-    ray: RayConfig = field(default_factory=RayConfig)
+    # --- ray (Ray Train TorchTrainer); see configs/cluster/ray.yaml
+    address: str = ""  # "": start a private local Ray; "auto" / "host:6379": join a cluster; "ray://host:10001"
+    num_workers: int = 1  # ranks (Ray Train workers)
+    use_gpu: bool = False  # one GPU per worker, nccl
+    cpus_per_worker: float = 1.0
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)  # extra custom resources
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    max_failures: int = 3  # worker-group restarts after a worker or node loss (not after deterministic errors)
+    runtime_env: Dict[str, Any] = field(default_factory=dict)  # Ray runtime_env (env_vars, pip, ...)
+    storage_path: Optional[str] = None  # Ray Train's own run state (not checkpoints); None: a temp folder
 
 
 @dataclass
@@ -196,6 +197,22 @@ CHOICES = {
 }
 
 
+PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def validate_ray(cluster) -> None:
+    if cluster.num_workers < 1:
+        raise ValueError(f"cluster.num_workers={cluster.num_workers} must be >= 1")
+    if cluster.cpus_per_worker < 0:
+        raise ValueError(f"cluster.cpus_per_worker={cluster.cpus_per_worker} must be >= 0")
+    if cluster.placement_strategy not in PLACEMENT:
+        raise ValueError(f"cluster.placement_strategy={cluster.placement_strategy!r} is not one of {list(PLACEMENT)}")
+    if cluster.max_failures < -1:
+        raise ValueError(f"cluster.max_failures={cluster.max_failures} must be >= -1 (-1: retry forever)")
+    if cluster.dry_run:
+        raise ValueError("cluster.dry_run is a SLURM option (it prints the sbatch script); Ray has no script")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema cannot express; each error names the key and the accepted values."""
     for key, allowed in CHOICES.items():
@@ -207,6 +224,8 @@ def validate(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) < 1:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.cluster.backend == "ray":
+        validate_ray(cfg.cluster)
     if cfg.train.lr <= 0:
         raise ValueError(f"train.lr={cfg.train.lr} must be > 0")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
