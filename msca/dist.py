@@ -179,6 +179,14 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def is_console(handler: logging.Handler) -> bool:
+    """A host's handler that already prints to this process's stdout/stderr (Ray's PlainRayHandler does)."""
+    if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        return False
+    return type(handler).__name__ == "PlainRayHandler" or handler.stream in (sys.stdout, sys.stderr,
+                                                                             sys.__stdout__, sys.__stderr__)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Rank 0 logs at `level`; other ranks only warnings, prefixed with their rank.
 
@@ -189,7 +197,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     fmt = "%(asctime)s %(levelname)s " + (f"[rank{r}] " if r else "") + "%(name)s: %(message)s"
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_msca", False)]
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+    if not any(is_console(h) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
         handler._msca = True  # type: ignore[attr-defined]
