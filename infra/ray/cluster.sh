@@ -89,7 +89,9 @@ network() {
 # without forking, so $! is the command's own PID.
 spawn() {
   local name=$1 logf=$2; shift 2
-  setsid nsenter --net=/run/netns/msca-ray-$name unshare --uts --mount -- bash -c \
+  mkdir -p "$B/local/$name"  # the node's own disk: caches and checkpoint staging are per node, as on a cluster
+  setsid env MSCA_CACHE="$B/local/$name/cache" TMPDIR="$B/local/$name" \
+    nsenter --net=/run/netns/msca-ray-$name unshare --uts --mount -- bash -c \
     'hostname "$0"; mount --bind "$1/etc/hosts" /etc/hosts; mount --bind "$1/etc/resolv.conf" /etc/resolv.conf
      shift; exec "$@"' "$name" "$B" "$@" </dev/null >>"$logf" 2>&1 &
   echo $!

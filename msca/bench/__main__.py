@@ -3,7 +3,7 @@ benchmark's imports (or absence) never affect another."""
 import importlib
 import sys
 
-COMMANDS = ("model", "data", "train")
+COMMANDS = ("model", "data", "train", "launch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -34,15 +35,24 @@ EXIT_DETERMINISTIC = 2  # the same exit code as launch.py's own config errors
 log = logging.getLogger(__name__)
 
 
-def deterministic_errors() -> tuple:
-    """Errors a retry on the same inputs would hit again: bad config values and types, a config or checkpoint
-    that does not fit the code (shape mismatches surface as RuntimeError from load_state_dict, which also
-    covers transient faults, so they are not in this list: Ray retries them and the next start falls back)."""
-    from omegaconf.errors import OmegaConfBaseException
+# Errors a retry on the same inputs would hit again: bad config values and types, missing files or buckets,
+# refused credentials, a run held by another live job (LeaseHeld). A checkpoint that does not fit the code shows
+# up as RuntimeError from DeepSpeed/torch loading, like transient faults: Ray retries those, and the next start
+# falls back to an older committed step where the store has one.
+DETERMINISTIC = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError", "PermissionError",
+                 "NotADirectoryError", "IsADirectoryError", "RendezvousError", "ConfigMismatch", "StoreAuthError",
+                 "BucketNotFoundError", "LeaseHeld", "ValidationError", "ConfigKeyError", "ConfigTypeError",
+                 "ConfigAttributeError", "MissingMandatoryValue", "InterpolationResolutionError"}
+_COLLECTIVE = re.compile(r"failed on rank \d+: (\w+): ")
 
-    from msca.dist import RendezvousError
 
-    return (ValueError, TypeError, KeyError, FileNotFoundError, OmegaConfBaseException, RendezvousError)
+def is_deterministic(err: BaseException) -> bool:
+    """By class name along the MRO, so this module needs none of the modules that define them; an error
+    gathered from another rank (a fail-safe collective section) is judged by the original's name."""
+    if any(cls.__name__ in DETERMINISTIC for cls in type(err).__mro__):
+        return True
+    m = _COLLECTIVE.search(str(err)) if type(err).__name__ == "CollectiveError" else None
+    return bool(m and m.group(1) in DETERMINISTIC)
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -87,7 +97,9 @@ def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, 
     except StopRequested as stop:
         logging.getLogger("jobs").warning("%s", stop)
         return {"status": "stopped", "step": stop.step, "message": str(stop)}
-    except deterministic_errors() as err:
+    except Exception as err:
+        if not is_deterministic(err):
+            raise  # worker-side faults: Ray restarts the group (FailureConfig.max_failures)
         logging.getLogger("jobs").error("not retried (a retry would fail the same way): %s: %s",
                                         type(err).__name__, err)
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
