@@ -69,9 +69,10 @@ def test_two_workers_on_two_nodes_complete_and_match_the_local_backend(reference
     seconds = time.time() - t0
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    assert "2 rank(s) on node1 (rank 0), node2 (rank 1)" in out
-    assert re.search(r"\(ip=10\.78\.0\.1, pid=\d+\) world_rank=0", out) and \
-        re.search(r"\(ip=10\.78\.0\.2, pid=\d+\) world_rank=1", out)
+    hosts = re.search(r"2 rank\(s\) on (node\d) \(rank 0\), (node\d) \(rank 1\)", out)  # Ray picks the order
+    assert hosts and {hosts.group(1), hosts.group(2)} == {"node1", "node2"}, out[-5000:]
+    ips = set(re.findall(r"\(ip=(10\.78\.0\.\d), pid=\d+\) world_rank=\d", out))
+    assert ips == {"10.78.0.1", "10.78.0.2"}
     assert train_steps(metrics(tmp / "store", "two")) == list(range(1, TOTAL + 1))
     assert_same_weights(ref, weights(tmp / "store" / "runs" / "two"))
     launches = json.loads((tmp / "store" / "runs" / "two" / "launch.json").read_text())
@@ -180,11 +181,11 @@ def test_a_run_moves_between_backends_through_s3(reference, ray_cluster, ray_s3,
     launches = json.loads(store.read_text("launch.json"))
     assert [entry["backend"] for entry in launches] == [first, second]
     steps = train_steps(json.loads(line) for line in store.read_text("metrics.jsonl").splitlines())
-    try:
-        from msca.attempts import read_attempts  # issue 8: attempt ledger, metrics history kept in the store
-    except ImportError:  # a build before issue 8 rebuilds history from the finishing machine's cache
-        assert steps[-(TOTAL - 10):] == list(range(11, TOTAL + 1))
+    if not (REPO / "msca" / "attempts.py").exists():  # a build before issue 8 (run state in the store) rebuilds
+        assert steps[-(TOTAL - 10):] == list(range(11, TOTAL + 1))  # the history from the finishing machine's cache
         return
+    from msca.attempts import read_attempts
+
     assert steps == list(range(1, TOTAL + 1))  # continuous across machines: every step exactly once
     assert [a.backend for a in read_attempts(store)] == [first, second]
 

@@ -181,19 +181,24 @@ def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
     import signal
 
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(_fit(trainer)), name="ray-fit", daemon=True)
-    thread.start()
+    done = threading.Event()  # not Thread.join/is_alive: a KeyboardInterrupt inside join() can leave
+    # is_alive() False while the thread still runs (CPython), and the run would be taken for finished
+
+    def run():
+        try:
+            box.update(_fit(trainer))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ray-fit", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        while not done.is_set():
+            time.sleep(0.2)
     except KeyboardInterrupt:
         print(f"stopping: the workers save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to abandon)",
               file=sys.stderr, flush=True)
         request_stop(job_key, int(signal.SIGINT))
-        deadline = time.time() + stop_grace_s
-        while thread.is_alive() and time.time() < deadline:
-            thread.join(0.5)
-        if thread.is_alive():
+        if not done.wait(stop_grace_s):
             return None, "the workers did not stop within the grace period"
     return box.get("result"), box.get("error")
 
@@ -223,7 +228,7 @@ class RayBackend:
         t0 = time.time()
         connect(cluster)
         try:
-            where = ray.get_runtime_context().gcs_address
+            where = cluster.address or f"a private local Ray ({ray.get_runtime_context().gcs_address})"
             print(f"[ray] connected to {where} in {time.time() - t0:.1f}s; job {job_key}: {cluster.num_workers} "
                   f"worker(s), max_failures={cluster.max_failures}", flush=True)
             result, error = fit(trainer_for(spec, cluster, job_key), job_key)
