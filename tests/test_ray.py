@@ -202,3 +202,32 @@ def test_a_deterministic_failure_is_not_retried(reference, ray_cluster, tmp_path
     assert out.count("Started training worker group of size 2") == 1, out[-5000:]
     assert "the run failed and was not retried: ValueError: an epoch has 12 clips per rank" in proc.stderr
     print(f"deterministic failure reported in {time.time() - t0:.1f}s")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("cluster.num_workers=0", "cluster.num_workers=0 must be >= 1"),
+    ("cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
+    ("cluster.wait=false", "ray job submit"),
+])
+def test_bad_ray_options_are_one_error_line_and_no_run_home(tmp_path, override, message):
+    """Refused by launch.py before Ray starts or anything is written (no cluster needed)."""
+    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "bad") + ["cluster=ray", override], timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_which_errors_are_deterministic():
+    from omegaconf.errors import ConfigKeyError
+
+    from msca.cluster.ray import is_deterministic
+
+    class CollectiveError(RuntimeError):
+        pass
+
+    assert is_deterministic(ValueError("batch")) and is_deterministic(ConfigKeyError("k"))
+    assert is_deterministic(FileNotFoundError("data")) and is_deterministic(PermissionError("s3 auth"))
+    assert is_deterministic(CollectiveError("loading failed on rank 1: ValueError: bad"))
+    assert not is_deterministic(CollectiveError("loading failed on rank 1: RuntimeError: connection reset"))
+    assert not is_deterministic(RuntimeError("gloo")) and not is_deterministic(ConnectionError())

@@ -175,6 +175,15 @@ def request_stop(job_key: str, signum: int) -> None:
                                  namespace=STOP_NAMESPACE)
 
 
+def clear_stop(job_key: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(stop_key(job_key), namespace=STOP_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the cluster is going away: nothing to clean
+        pass
+
+
 def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
     """trainer.fit() in a thread, so Ctrl-C here becomes a stop request to the workers (they commit a
     checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
@@ -233,6 +242,7 @@ class RayBackend:
                   f"worker(s), max_failures={cluster.max_failures}", flush=True)
             result, error = fit(trainer_for(spec, cluster, job_key), job_key)
         finally:
+            clear_stop(job_key)
             ray.shutdown()
         desc = f"job {job_key} ({cluster.num_workers} worker(s)) on {where}"
         if error:
