@@ -116,6 +116,13 @@ def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray
     steps = train_steps(metrics(tmp / "store", "kill"))
     assert steps[-1] == TOTAL and sorted(set(steps)) == list(range(1, TOTAL + 1))
     assert_same_weights(ref, weights(home))
+    if (REPO / "msca" / "attempts.py").exists():  # issue 8's ledger: one Ray job, two attempts of it
+        from msca.attempts import read_attempts
+        from msca.storage import open_store
+
+        attempts = read_attempts(open_store(str(home)))
+        assert [a.backend for a in attempts] == ["ray", "ray"] and attempts[0].job_key == attempts[1].job_key
+        assert attempts[1].restored_step == resumed[0] and attempts[1].end_reason == "finished"
     print(f"kill -9 of node2's worker -> restart -> resumed from step {resumed[0]} -> done "
           f"{time.time() - t_kill:.1f}s after the kill")
 
