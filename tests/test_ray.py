@@ -238,3 +238,7 @@ def test_which_errors_are_deterministic():
     assert is_deterministic(CollectiveError("loading failed on rank 1: ValueError: bad"))
     assert not is_deterministic(CollectiveError("loading failed on rank 1: RuntimeError: connection reset"))
     assert not is_deterministic(RuntimeError("gloo")) and not is_deterministic(ConnectionError())
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(RuntimeError) as incompatible:  # a checkpoint of another model shape
+        model.load_state_dict(torch.nn.Linear(4, 3).state_dict())
+    assert is_deterministic(incompatible.value)

@@ -36,20 +36,21 @@ log = logging.getLogger(__name__)
 
 
 # Errors a retry on the same inputs would hit again: bad config values and types, missing files or buckets,
-# refused credentials, a run held by another live job (LeaseHeld). A checkpoint that does not fit the code shows
-# up as RuntimeError from DeepSpeed/torch loading, like transient faults: Ray retries those, and the next start
-# falls back to an older committed step where the store has one.
+# refused credentials, a run held by another live job (LeaseHeld), and a checkpoint whose tensors do not fit the
+# model (torch's "size mismatch" / "Error(s) in loading state_dict", raised as RuntimeError, which otherwise
+# means a transient fault that Ray should retry).
 DETERMINISTIC = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError", "PermissionError",
                  "NotADirectoryError", "IsADirectoryError", "RendezvousError", "ConfigMismatch", "StoreAuthError",
                  "BucketNotFoundError", "LeaseHeld", "ValidationError", "ConfigKeyError", "ConfigTypeError",
                  "ConfigAttributeError", "MissingMandatoryValue", "InterpolationResolutionError"}
+INCOMPATIBLE = re.compile(r"size mismatch for |Error\(s\) in loading state_dict")
 _COLLECTIVE = re.compile(r"failed on rank \d+: (\w+): ")
 
 
 def is_deterministic(err: BaseException) -> bool:
     """By class name along the MRO, so this module needs none of the modules that define them; an error
     gathered from another rank (a fail-safe collective section) is judged by the original's name."""
-    if any(cls.__name__ in DETERMINISTIC for cls in type(err).__mro__):
+    if any(cls.__name__ in DETERMINISTIC for cls in type(err).__mro__) or INCOMPATIBLE.search(str(err)):
         return True
     m = _COLLECTIVE.search(str(err)) if type(err).__name__ == "CollectiveError" else None
     return bool(m and m.group(1) in DETERMINISTIC)
