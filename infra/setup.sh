@@ -21,7 +21,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first, pinned, so nothing later can resolve a CUDA build.
   "${pip[@]}" "$torch_spec" 2>&1 | grep -v "is ignored" || true
   "${pip[@]}" -e "$here[$extras]" 2>&1 | grep -v "is ignored" || true
-  "$venv/bin/python" -c "import torch, deepspeed, hydra, boto3, submitit" 2>/dev/null \
+  check="import torch, deepspeed, hydra, boto3, submitit"
+  case ",$extras," in *,dev,*|*,ray,*) check="$check, ray.train.torch" ;; esac
+  "$venv/bin/python" -c "$check" 2>/dev/null \
     || { echo "setup: the install did not complete (see pip output above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

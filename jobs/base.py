@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from msca import dist, preemption
@@ -21,12 +22,13 @@ class Job:
     def start(self) -> RunHome:
         """Process setup, the same under every backend: where this rank sits (from the scheduler's variables,
         or a clear error), logging, stop-signal handlers (main thread, before anything heavy), process group."""
-        env = dist.export_process_env() if not dist.is_initialized() else {}
+        if not dist.is_initialized():  # Ray Train made the group (and its variables) already
+            dist.export_process_env()
         dist.setup_logging()
         preemption.install()
         dist.init_distributed()
         self.hosts = hosts = dist.all_gather_object(socket.gethostname())  # every rank's host, by rank
         log.info("%d rank(s) on %s; rendezvous %s:%s", dist.world_size(),
-                 ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), env.get("MASTER_ADDR", "-"),
-                 env.get("MASTER_PORT", "-"))
+                 ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), os.environ.get("MASTER_ADDR", "-"),
+                 os.environ.get("MASTER_PORT", "-"))  # ours, or Ray Train's (it made the group)
         return RunHome(self.run_uri, self.endpoint_url)

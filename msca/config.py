@@ -26,17 +26,9 @@ class RunConfig:
 
 
 @dataclass
-class RayConfig:
-    address: Optional[str] = None  # None: start (or join) a local Ray instance
-    max_failures: int = 3
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-
-
-@dataclass
 class ClusterConfig:
-    """Where and how the ranks start. Shared keys first; `slurm` keys are flat (cluster.partition=...) so a
-    cluster=slurm command line reads like sbatch's."""
+    """Where and how the ranks start. Shared keys first; `slurm` and `ray` keys are flat (cluster.partition=...,
+    cluster.num_workers=...) so a command line reads like the scheduler's own options."""
     backend: str = "local"  # local | slurm | ray
     nodes: int = 1
     procs_per_node: int = 0  # local: ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
@@ -60,7 +52,16 @@ class ClusterConfig:
     folder: Optional[str] = None  # submitit's folder (must be seen by every node); None: <run home>/slurm
     wait: bool = False  # block and stream progress until the job ends
     dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
-    ray: RayConfig = field(default_factory=RayConfig)
+    # --- ray (Ray Train TorchTrainer); see configs/cluster/ray.yaml
+    address: str = ""  # "": start a private local Ray; "auto" / "host:6379": join a cluster; "ray://host:10001"
+    num_workers: int = 1  # ranks (Ray Train workers)
+    use_gpu: bool = False  # one GPU per worker, nccl
+    cpus_per_worker: float = 1.0
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)  # extra custom resources
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    max_failures: int = 3  # worker-group restarts after a worker or node loss (not after deterministic errors)
+    runtime_env: Dict[str, Any] = field(default_factory=dict)  # Ray runtime_env (env_vars, pip, ...)
+    storage_path: Optional[str] = None  # Ray Train's own run state (not checkpoints); None: a temp folder
 
 
 @dataclass
@@ -218,7 +219,8 @@ BOUNDS = {
     "cluster.master_port": within(0, 65535),
     "cluster.tasks_per_node": at_least(1), "cluster.time_min": at_least(1), "cluster.cpus_per_task": at_least(1),
     "cluster.mem_gb": at_least(1), "cluster.signal_delay_s": at_least(0), "cluster.max_requeues": at_least(0),
-    "cluster.ray.max_failures": at_least(-1), "cluster.ray.cpus_per_worker": at_least(1),  # Ray: -1 = forever
+    "cluster.max_failures": at_least(-1), "cluster.cpus_per_worker": at_least(0),  # Ray: -1 = retry forever
+    "cluster.num_workers": at_least(1),
     "model.num_classes": at_least(1), "model.patch_size": at_least(1), "model.embed_dim": at_least(1),
     "model.depth": at_least(1), "model.num_heads": at_least(1), "model.mlp_ratio": above(0),
     "model.shift_div": at_least(2), "model.drop_path_rate": within(0, 1, hi_open=True),
@@ -290,6 +292,16 @@ def check_sizes(cfg: DictConfig) -> None:
         raise ValueError(f"model.embed_dim={dim} must be a multiple of model.num_heads={heads}")
 
 
+PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def validate_ray(cluster) -> None:
+    if cluster.placement_strategy not in PLACEMENT:
+        raise ValueError(f"cluster.placement_strategy={cluster.placement_strategy!r} is not one of {list(PLACEMENT)}")
+    if cluster.dry_run:
+        raise ValueError("cluster.dry_run is a SLURM option (it prints the sbatch script); Ray has no script")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema cannot express; each error names the key and the accepted values."""
     for key, allowed in CHOICES.items():
@@ -300,3 +312,5 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"data.synthetic.kind={cfg.data.synthetic.kind!r} is not one of ['hue', 'scroll']")
     check_numbers(cfg)
     check_sizes(cfg)
+    if cfg.cluster.backend == "ray":
+        validate_ray(cfg.cluster)

@@ -101,6 +101,7 @@ def init_distributed(timeout_s: int | None = None) -> None:
 
     The timeout bounds how long a rank waits in a collective for a peer that is gone (default 600 s,
     MSCA_COLLECTIVE_TIMEOUT_S); under SLURM --kill-on-bad-exit usually ends such a job much sooner."""
+    disable_deepspeed_shm_build()  # also when the group exists: DeepSpeed would build it at initialize()
     if dist.is_available() and dist.is_initialized():
         return
     export_process_env()
@@ -108,7 +109,6 @@ def init_distributed(timeout_s: int | None = None) -> None:
         timeout_s = int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_device(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()))
-    disable_deepspeed_shm_build()
     import deepspeed
 
     deepspeed.init_distributed(
@@ -190,14 +190,29 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def is_console(handler: logging.Handler) -> bool:
+    """A host's handler that already prints to this process's stdout/stderr (Ray's PlainRayHandler does)."""
+    if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        return False
+    return type(handler).__name__ == "PlainRayHandler" or handler.stream in (sys.stdout, sys.stderr,
+                                                                             sys.__stdout__, sys.__stderr__)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Rank 0 logs at `level`; other ranks only warnings, prefixed with their rank."""
+    """Rank 0 logs at `level`; other ranks only warnings, prefixed with their rank.
+
+    Adds to the host's handlers, never replaces them (Ray Train's worker logging, pytest's capture): our console
+    handler goes in only when the host has none of its own (else every line would print twice), and a second
+    call (a Ray worker-group restart in the same process) replaces only our previous one."""
     r = int(os.environ.get("RANK", "0"))
     fmt = "%(asctime)s %(levelname)s " + (f"[rank{r}] " if r else "") + "%(name)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_msca", False)]
+    if not any(is_console(h) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+        handler._msca = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(level if r == 0 else logging.WARNING)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "botocore", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

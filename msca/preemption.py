@@ -52,6 +52,11 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
 
+    def request(self, signum: int) -> None:
+        """Ask for a stop from any thread (Ray Train's training thread cannot have signal handlers: the Ray
+        backend's watcher calls this when the driver asks for a stop)."""
+        self.signum = self.signum or signum
+
     def agreed(self) -> int:
         """The signal number if any rank was asked to stop (0 otherwise); the same answer on every rank."""
         if ranks.world_size() == 1:

@@ -112,7 +112,7 @@ def test_bad_values_fail_validation(override, needle):
         validate(make([override]))
 
 
-@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster.ray.max_failures=-1", "train.max_steps=0",
+@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster.max_failures=-1", "train.max_steps=0",
                                       "data.num_workers=0", "cluster.procs_per_node=0", "train.val_every=0"])
 def test_meaningful_zeros_and_minus_ones_pass(override):
     validate(make([override]))  # keep all checkpoints; Ray retries forever; no cap; main-process loading; ...

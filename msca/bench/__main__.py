@@ -3,7 +3,7 @@ benchmark's imports (or absence) never affect another."""
 import importlib
 import sys
 
-COMMANDS = ("model", "data", "train", "seeds", "readme", "checkpoint", "preempt")
+COMMANDS = ("model", "data", "train", "seeds", "readme", "checkpoint", "preempt", "launch")
 
 
 def main(argv: list[str] | None = None) -> int:

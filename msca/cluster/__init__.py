@@ -1,4 +1,4 @@
-"""Backends: how a job's ranks get started. One small interface; `local` here, `slurm` (submitit) and
+"""Backends: how a job's ranks get started. One small interface: `local` processes, `slurm` (submitit) and
 `ray` (Ray Train) behind the same `submit`."""
 from __future__ import annotations
 
@@ -33,4 +33,8 @@ def get_backend(name: str):
         from msca.cluster.slurm import SlurmBackend
 
         return SlurmBackend()
-    raise ValueError(f"cluster.backend={name!r}: this build has 'local' and 'slurm' (ray is coming)")
+    if name == "ray":
+        from msca.cluster.ray import RayBackend
+
+        return RayBackend()
+    raise ValueError(f"cluster.backend={name!r} is not one of 'local', 'slurm', 'ray'")

@@ -1,0 +1,259 @@
+"""Ray backend: the job from `jobs.JOBS` on every worker of a Ray Train `TorchTrainer`.
+
+Ray Train makes the process group (gloo, or nccl with GPUs) and DeepSpeed joins it; the job entry does the rest
+exactly as under the other backends. Ray's own checkpoint storage is not used: checkpoints go through the run
+home's store and commit protocol, so a restarted worker group (worker or node loss, `max_failures`) resumes from
+the newest committed step like a SLURM requeue or a local relaunch, and a run can move between backends.
+
+Ray retries any worker error; deterministic ones (a config error, an incompatible checkpoint) would fail the
+same way on every retry, so the workers catch them and return them as the run's result instead: the driver
+ends the run at once with the cause. Ray Train V2 runs the training function in a thread (no signal handlers):
+a stop is asked for through the run's stop key in Ray's KV store, which a watcher thread turns into the job's
+stop flag. The only importer of ray besides tests.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from msca.cluster import Handle, JobSpec
+from msca.preemption import EXIT_STOPPED, StopRequested
+
+REPO = Path(__file__).resolve().parents[2]  # `jobs` is importable from the repo root
+EXIT_FAILED = 1
+EXIT_DETERMINISTIC = 2  # the same exit code as launch.py's own config errors
+
+log = logging.getLogger(__name__)
+
+
+# Errors a retry on the same inputs would hit again: bad config values and types, missing files or buckets,
+# refused credentials, a run held by another live job (LeaseHeld), and a checkpoint whose tensors do not fit the
+# model (torch's "size mismatch" / "Error(s) in loading state_dict", raised as RuntimeError, which otherwise
+# means a transient fault that Ray should retry).
+DETERMINISTIC = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError", "PermissionError",
+                 "NotADirectoryError", "IsADirectoryError", "RendezvousError", "ConfigMismatch", "StoreAuthError",
+                 "BucketNotFoundError", "LeaseHeld", "ValidationError", "ConfigKeyError", "ConfigTypeError",
+                 "ConfigAttributeError", "MissingMandatoryValue", "InterpolationResolutionError"}
+INCOMPATIBLE = re.compile(r"size mismatch for |Error\(s\) in loading state_dict")
+_COLLECTIVE = re.compile(r"failed on rank \d+: (\w+): ")
+
+
+def is_deterministic(err: BaseException) -> bool:
+    """By class name along the MRO, so this module needs none of the modules that define them; an error
+    gathered from another rank (a fail-safe collective section) is judged by the original's name."""
+    if any(cls.__name__ in DETERMINISTIC for cls in type(err).__mro__) or INCOMPATIBLE.search(str(err)):
+        return True
+    m = _COLLECTIVE.search(str(err)) if type(err).__name__ == "CollectiveError" else None
+    return bool(m and m.group(1) in DETERMINISTIC)
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+STOP_NAMESPACE = "msca"
+
+
+def stop_key(job_key: str) -> bytes:
+    return f"stop/{job_key}".encode()
+
+
+def watch_stop(job_key: str, flag, poll_s: float = 1.0) -> threading.Event:
+    """A daemon thread that sets the job's stop flag when the driver asks for a stop (Ctrl-C): the signal
+    handler's job, off the main thread. Returns the event that ends the watcher."""
+    from ray.experimental import internal_kv
+
+    done = threading.Event()
+
+    def loop():
+        while not done.wait(poll_s):
+            try:
+                value = internal_kv._internal_kv_get(stop_key(job_key), namespace=STOP_NAMESPACE)
+            except Exception:  # noqa: BLE001 - the GCS is restarting or gone: the group restarts anyway
+                continue
+            if value:
+                flag.request(int(value))
+                return
+
+    threading.Thread(target=loop, name="msca-stop-watch", daemon=True).start()
+    return done
+
+
+def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, job_key: str, threads: int) -> dict:
+    """What every Ray Train worker runs (in a thread of its worker actor). Returns the run's outcome; only
+    worker loss and unexpected errors raise (those Ray retries)."""
+    os.environ.update(MSCA_BACKEND="ray", MSCA_JOB_KEY=job_key, OMP_NUM_THREADS=str(threads))
+    from msca import preemption
+
+    watcher = watch_stop(job_key, preemption.install())
+    try:
+        result = make_callable(run_uri, endpoint_url)()
+        return {"status": "finished", "result": result}
+    except StopRequested as stop:
+        logging.getLogger("jobs").warning("%s", stop)
+        return {"status": "stopped", "step": stop.step, "message": str(stop)}
+    except Exception as err:
+        if not is_deterministic(err):
+            raise  # worker-side faults: Ray restarts the group (FailureConfig.max_failures)
+        logging.getLogger("jobs").error("not retried (a retry would fail the same way): %s: %s",
+                                        type(err).__name__, err)
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    finally:
+        watcher.set()
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+def ray_temp_dir() -> str:
+    """Ray's session folder; short, because its unix socket paths must fit in 107 bytes."""
+    path = os.environ.get("MSCA_RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "ray")
+    if len(path) > 40:
+        path = f"/tmp/msca-ray-{os.getuid()}"
+    return path
+
+
+def worker_runtime_env(cluster) -> dict:
+    """The user's runtime_env plus what every worker needs: `jobs` and this msca on its path."""
+    env = dict(cluster.runtime_env or {})
+    env_vars = {str(k): str(v) for k, v in dict(env.get("env_vars") or {}).items()}
+    path = [str(REPO)] + [p for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(
+        os.pathsep) if p and p != str(REPO)]
+    env_vars["PYTHONPATH"] = os.pathsep.join(path)
+    for key in ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S"):
+        if os.environ.get(key) and key not in env_vars:  # the driver's store credentials, unless set there
+            env_vars[key] = os.environ[key]
+    env["env_vars"] = env_vars
+    return env
+
+
+def connect(cluster) -> None:
+    """Join the cluster at cluster.address, or start a private local Ray on 127.0.0.1 when it is empty."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = dict(runtime_env=worker_runtime_env(cluster), log_to_driver=True, logging_level=logging.WARNING)
+    if cluster.address:
+        ray.init(address=cluster.address, **kwargs)
+    else:
+        cpus = max(1, int(cluster.num_workers * max(cluster.cpus_per_worker, 1)))
+        ray.init(num_cpus=cpus, num_gpus=cluster.num_workers if cluster.use_gpu else 0, include_dashboard=False,
+                 _temp_dir=ray_temp_dir(), _node_ip_address="127.0.0.1", **kwargs)
+
+
+def trainer_for(spec: JobSpec, cluster, job_key: str):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    threads = max(1, int(cluster.cpus_per_worker))
+    fn = functools.partial(run_worker, spec.make_callable, spec.run_uri, spec.endpoint_url, job_key, threads)
+    resources = {"CPU": float(cluster.cpus_per_worker), **{k: float(v) for k, v in
+                                                           dict(cluster.resources_per_worker).items()}}
+    if cluster.use_gpu:
+        resources["GPU"] = resources.get("GPU", 1.0)
+    storage = cluster.storage_path or os.path.join(tempfile.gettempdir(), "msca-ray-results")
+    return TorchTrainer(
+        fn,
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
+                                 timeout_s=int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600"))),
+        scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+                                     resources_per_worker=resources,
+                                     placement_strategy=cluster.placement_strategy),
+        run_config=RunConfig(name=job_key, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cluster.max_failures)),
+    )
+
+
+def request_stop(job_key: str, signum: int) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(stop_key(job_key), str(signum).encode(), overwrite=True,
+                                 namespace=STOP_NAMESPACE)
+
+
+def clear_stop(job_key: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(stop_key(job_key), namespace=STOP_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the cluster is going away: nothing to clean
+        pass
+
+
+def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
+    """trainer.fit() in a thread, so Ctrl-C here becomes a stop request to the workers (they commit a
+    checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
+    import signal
+
+    box: dict = {}
+    done = threading.Event()  # not Thread.join/is_alive: a KeyboardInterrupt inside join() can leave
+    # is_alive() False while the thread still runs (CPython), and the run would be taken for finished
+
+    def run():
+        try:
+            box.update(_fit(trainer))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ray-fit", daemon=True).start()
+    try:
+        while not done.is_set():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print(f"stopping: the workers save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to abandon)",
+              file=sys.stderr, flush=True)
+        request_stop(job_key, int(signal.SIGINT))
+        if not done.wait(stop_grace_s):
+            return None, "the workers did not stop within the grace period"
+    return box.get("result"), box.get("error")
+
+
+def _fit(trainer) -> dict:
+    try:
+        return {"result": trainer.fit()}
+    except Exception as err:  # noqa: BLE001 - TrainingFailedError and friends: reported, not raised
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+class RayBackend:
+    name = "ray"
+
+    def check(self, spec: JobSpec, cluster) -> None:
+        if not cluster.wait:
+            raise ValueError("cluster.wait=false: the Ray backend runs the trainer from launch.py, which waits for "
+                             "it; submit launch.py itself as a Ray job (ray job submit -- python launch.py ...) to "
+                             "return at once")
+        if spec.make_callable is None:
+            raise ValueError("the Ray backend needs the job callable (launch.py passes jobs.JOBS)")
+
+    def submit(self, spec: JobSpec, cluster) -> Handle:
+        import ray
+
+        job_key = f"ray-{uuid.uuid4().hex[:12]}"  # one launch = one job: a restarted group takes the lease over
+        t0 = time.time()
+        connect(cluster)
+        try:
+            where = cluster.address or f"a private local Ray ({ray.get_runtime_context().gcs_address})"
+            print(f"[ray] connected to {where} in {time.time() - t0:.1f}s; job {job_key}: {cluster.num_workers} "
+                  f"worker(s), max_failures={cluster.max_failures}", flush=True)
+            result, error = fit(trainer_for(spec, cluster, job_key), job_key)
+        finally:
+            clear_stop(job_key)
+            ray.shutdown()
+        desc = f"job {job_key} ({cluster.num_workers} worker(s)) on {where}"
+        if error:
+            print(f"[ray] the run failed: {error}", file=sys.stderr, flush=True)
+            return Handle(self.name, desc, returncode=EXIT_FAILED)
+        outcome = result.return_value or {}
+        status = outcome.get("status")
+        if status == "stopped":
+            return Handle(self.name, desc, returncode=EXIT_STOPPED)
+        if status == "failed":
+            print(f"[ray] the run failed and was not retried: {outcome['error']}", file=sys.stderr, flush=True)
+            return Handle(self.name, desc, returncode=EXIT_DETERMINISTIC)
+        return Handle(self.name, desc, returncode=0)
