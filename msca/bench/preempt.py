@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from msca.attempts import read_attempts, summarize
+from msca.storage import open_store
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["data.synthetic.classes=4", "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2",
         "data.synthetic.frames=16", "data.synthetic.height=40", "data.synthetic.width=52", "data.crop_size=32",
@@ -147,8 +150,11 @@ def goodput(run: Run, every_s: float) -> dict:
     typical = statistics.median(gaps)
     productive = sum(g for g in gaps if g < 10 * typical) + typical  # gaps across a restart are not training
     wall = max(times) - run.t_launch
+    ledger = summarize(read_attempts(open_store(str(run.home))))  # the run's own attempt ledger (issue 8)
     return {"state": state, "steps": len(steps), "preemptions": stops, "median step s": typical,
-            "productive s": productive, "wall s (launch -> last step)": wall, "goodput": productive / wall}
+            "productive s": productive, "wall s (launch -> last step)": wall, "goodput": productive / wall,
+            "attempts (ledger)": ledger["attempts"], "goodput (ledger, job wall)": ledger["goodput"],
+            **{f"badput {k} (ledger)": v for k, v in ledger["badput"].items()}}
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     text = replace_block(text, "default-run", f"```\n{trim(out, work)}\n```\n({wall:.0f} s wall including data "
                                               f"generation; {where})")
     _, out = launch(["experiment=motion_compare", "run.name=compare"], env)
-    table = out[out.index("model "):].strip()
+    table = out[out.rindex("\nmodel "):].strip()  # the comparison table closes the output
     text = replace_block(text, "motion-compare", f"```\n{table}\n```\n({where})")
     if a.seeds_json:
         seeds = json.loads(Path(a.seeds_json).read_text())

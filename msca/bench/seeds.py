@@ -40,12 +40,11 @@ def launch(overrides: list[str], env: dict) -> tuple[float, str]:
     """Run launch.py to completion; (wall seconds, its output). A failed run is an error, not a data point."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "train.progress=false", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"launch.py {' '.join(overrides)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
-                         f"{proc.stderr[-3000:]}")
-    return wall, proc.stdout + proc.stderr
+        raise SystemExit(f"launch.py {' '.join(overrides)} failed (exit {proc.returncode}):\n{proc.stdout[-5000:]}")
+    return wall, proc.stdout  # stdout and stderr interleaved, as a terminal shows them
 
 
 def top1(store_root: str, name: str) -> tuple[str, float]:
