@@ -32,8 +32,7 @@ def parse(argv):
     p.add_argument("--model", default="msca_b16", help="a msca.model preset (msca_b16: ~1 GB with AdamW)")
     p.add_argument("--tiny", action="store_true", help="the preset at laptop size (embed 96, depth 4, 32 px)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--staging", default=None, help="checkpoint.staging_dir (default: a temp dir on disk; "
-                                                   "/dev/shm stages in memory)")
+    p.add_argument("--staging", default=None, help="checkpoint.staging_dir (default: a temp dir on disk)")
     return p.parse_args(argv)
 
 
