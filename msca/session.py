@@ -6,15 +6,12 @@
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
 from msca.attempts import AttemptLedger
 from msca.lease import Holder, Lease, LeaseHeld
 from msca.run_home import RunHome
-
-log = logging.getLogger(__name__)
 
 LEASE_TTL_S = float(os.environ.get("MSCA_LEASE_TTL_S", "120"))
 

@@ -5,7 +5,6 @@ within the epoch, which is all a checkpoint needs for the sampler to resume mid-
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
