@@ -7,6 +7,7 @@ import datetime
 import getpass
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -202,6 +203,9 @@ def unset_section(overrides: list[str], compose) -> str | None:
 
 def launch(cfg: DictConfig, overrides: list[str], compose, jobs: dict | None = None) -> int:
     """`jobs`: jobs.JOBS (launch.py passes it; msca never imports jobs/), for backends that pickle the job."""
+    # Ctrl-C always means "stop with a checkpoint", even when a parent started us with SIGINT ignored (a shell
+    # runs background commands that way); the backends turn the KeyboardInterrupt into a collective stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     validate(cfg)  # before anything is written or started
     make_callable = jobs.get(cfg.run.job) if jobs else None
     if cfg.run.variants:
