@@ -500,8 +500,9 @@ class _S3Conn:
                 return resp.status, resp.read()
             except (http.client.HTTPException, ConnectionError, OSError) as e:
                 conn.close()
-                if attempt:
+                if attempt or isinstance(e, TimeoutError):  # a silent server: boto3's deadline takes over
                     log.debug("lean GET failed (%s); using boto3", e)
+                    break
         return None, b""
 
 
@@ -584,9 +585,10 @@ class S3Store(Store):
             raise self._error(e, None) from None
         self.conn.checked_buckets.add(self.bucket)
 
-    def _call(self, fn, key, **kw):
-        """One S3 operation, retried on transient failures with backoff until `retry_s` after it started."""
-        deadline, delay, warned = time.monotonic() + self.conn.retry_s, 0.5, False
+    def _call(self, fn, key, _started: Optional[float] = None, **kw):
+        """One S3 operation, retried on transient failures with backoff until `retry_s` after it started
+        (`_started`: when the operation began, if something was tried before boto3)."""
+        deadline, delay, warned = (_started or time.monotonic()) + self.conn.retry_s, 0.5, False
         while True:
             try:
                 return fn(**kw)
@@ -619,6 +621,7 @@ class S3Store(Store):
         return self._call(c.head_object, key, Bucket=self.bucket, Key=self._key(key))["ContentLength"]
 
     def read_bytes(self, key: str) -> bytes:
+        started = time.monotonic()  # the lean GET's time counts against the operation's deadline
         status, body = self.conn.fast_get(self.bucket, self._key(key))
         if status == 200:
             return body
@@ -628,7 +631,7 @@ class S3Store(Store):
                                           f"(while accessing {self.url(key)}); create it or fix the URI")
             raise FileNotFoundError(f"{self.url(key)}: no such object on {self.conn.where}")
         c = self.conn.client()                          # anything else: boto3 (retries, error mapping)
-        resp = self._call(c.get_object, key, Bucket=self.bucket, Key=self._key(key))
+        resp = self._call(c.get_object, key, _started=started, Bucket=self.bucket, Key=self._key(key))
         n = resp.get("ContentLength", 0)
         if n > _BIG:    # parallel ranged GETs for big objects (checkpoints)
             resp["Body"].close()
