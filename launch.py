@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> None:
     overrides = list(HydraConfig.get().overrides.task)
     try:
         code = launch(cfg, overrides, compose, JOBS)
-    except (ConfigMismatch, ValueError, FileNotFoundError, PermissionError) as err:
+    except (ConfigMismatch, ValueError, FileNotFoundError, PermissionError, ConnectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
     if code:

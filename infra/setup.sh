@@ -22,7 +22,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "${pip[@]}" "$torch_spec" 2>&1 | grep -v "is ignored" || true
   "${pip[@]}" -e "$here[$extras]" 2>&1 | grep -v "is ignored" || true
   check="import torch, deepspeed, hydra, boto3, submitit"
-  case ",$extras," in *,dev,*|*,ray,*) check="$check, ray.train.torch" ;; esac
+  case ",$extras," in *,dev,*|*,ray,*) check="$check, ray.train.torch, ray.job_submission, aiohttp" ;; esac
   "$venv/bin/python" -c "$check" 2>/dev/null \
     || { echo "setup: the install did not complete (see pip output above)" >&2; exit 1; }
   echo "$want" > "$stamp"

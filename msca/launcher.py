@@ -108,9 +108,14 @@ def refuse_if_running(cfg: DictConfig) -> None:
 
 
 def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int:
+    backend = get_backend(cfg.cluster.backend)
+    if hasattr(backend, "launches_remotely") and backend.launches_remotely(cfg.cluster):
+        validate(cfg)
+        return backend.submit_launch(cfg, overrides)  # launch.py runs on the cluster, where its paths resolve
+    if hasattr(backend, "check_paths"):
+        backend.check_paths(cfg)  # before relative paths are taken as relative to here
     absolutize(cfg)
     validate(cfg)
-    backend = get_backend(cfg.cluster.backend)
     uri = run_uri(cfg.store.root, cfg.run.name)
     spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
                    log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)

@@ -28,7 +28,8 @@ BRIDGE_IP = "10.78.0.254"
 @dataclass
 class RayCluster:
     dir: Path
-    address: str
+    address: str  # the GCS, host:port
+    jobs_address: str  # the head's dashboard (Jobs API), http://host:port
 
     def on_head(self, *cmd: str) -> list[str]:
         """CMD as a user on the head node runs it (node1's network, hostname and hosts file)."""
@@ -58,9 +59,9 @@ def ray_cluster():
     if up.returncode != 0:
         subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, timeout=120)
         raise RuntimeError(f"the two-node Ray cluster did not start (rc={up.returncode}):\n{up.stdout}\n{up.stderr}")
-    address = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
     try:
-        yield RayCluster(state, address)
+        yield RayCluster(state, exports["RAY_ADDRESS"], exports["RAY_API_SERVER_ADDRESS"])
     finally:
         subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, timeout=120)
 

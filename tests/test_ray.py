@@ -211,10 +211,91 @@ def test_a_deterministic_failure_is_not_retried(reference, ray_cluster, tmp_path
     print(f"deterministic failure reported in {time.time() - t0:.1f}s")
 
 
+def jobs_api(cluster, extra=()) -> list[str]:
+    """launch.py on this machine (outside the cluster's namespaces) submitting to the head's Jobs API."""
+    return ["cluster=ray", "cluster.num_workers=2", f"cluster.address={cluster.jobs_address}",
+            "cluster.max_failures=2", *extra]
+
+
+def wait_job(cluster, job_id: str, timeout: float = 400):
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.jobs_address)
+    deadline = time.time() + timeout
+    while not client.get_job_status(job_id).is_terminal():
+        assert time.time() < deadline, f"job {job_id} did not end in {timeout}s"
+        time.sleep(0.5)
+    return client.get_job_info(job_id), client.get_job_logs(job_id)
+
+
+def test_jobs_api_returns_at_once_and_the_run_finishes_on_the_cluster(reference, ray_cluster):
+    """cluster.address=http://HEAD:8265 cluster.wait=false: launch.py submits itself as a Ray job and exits; the
+    job's launch.py runs on the head node (its launch.json entry says node1) and the run ends bit-identical."""
+    tmp, ref = reference
+    t0 = time.time()
+    proc = run_launch(small_overrides(tmp, tmp / "data", "jobs") + COMMON + jobs_api(ray_cluster, ["cluster.wait=false"]),
+                      timeout=120)
+    returned_s = time.time() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = re.search(r"as job (raysubmit_\w+)", proc.stdout).group(1)
+    assert f"ray job stop --address {ray_cluster.jobs_address} {job_id}" in proc.stdout
+    info, logs = wait_job(ray_cluster, job_id)
+    assert str(info.status) == "SUCCEEDED", logs[-5000:]
+    assert re.search(r"2 rank\(s\) on node\d \(rank 0\), node\d \(rank 1\)", logs), logs[-5000:]
+    assert train_steps(metrics(tmp / "store", "jobs")) == list(range(1, TOTAL + 1))
+    assert_same_weights(ref, weights(tmp / "store" / "runs" / "jobs"))
+    launches = json.loads((tmp / "store" / "runs" / "jobs" / "launch.json").read_text())
+    assert [(entry["backend"], entry["host"]) for entry in launches] == [("ray", "node1")]
+    print(f"Jobs API: launch.py returned {returned_s:.1f}s after it started; the job then ran to the end")
+
+
+def test_jobs_api_follows_the_log_and_ctrl_c_stops_the_job_with_a_checkpoint(reference, ray_cluster):
+    """cluster.wait=true streams the job's log; Ctrl-C becomes `ray job stop` (SIGTERM to the head's launch.py),
+    the workers commit a checkpoint, the job ends STOPPED and launch.py exits 3; the same command resumes it."""
+    tmp, ref = reference
+    overrides = small_overrides(tmp, tmp / "data", "jobstop") + COMMON + jobs_api(ray_cluster)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_step(tmp / "store", "jobstop", 5, proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out[-6000:]
+    assert "Started training worker group of size 2" in out  # the workers' lines came through the job's log
+    stop = int(re.search(r"stop requested \(SIGTERM\): saving step (\d+)", out).group(1))
+    assert 5 <= stop < TOTAL
+    assert re.search(r"\[ray\] job raysubmit_\w+ STOPPED", out), out[-3000:]
+    assert (tmp / "store" / "runs" / "jobstop" / "checkpoints" / f"step_{stop:09d}" / "MANIFEST.json").exists()
+
+    again = run_launch(overrides, timeout=400)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-6000:]
+    assert re.search(rf"resumed from \S+/step_{stop:09d} \(step {stop}\)", out), out[-6000:]
+    assert re.search(r"\[ray\] job raysubmit_\w+ SUCCEEDED", out)
+    assert train_steps(metrics(tmp / "store", "jobstop")) == list(range(1, TOTAL + 1))
+    assert_same_weights(ref, weights(tmp / "store" / "runs" / "jobstop"))
+
+
+def test_jobs_api_relative_store_root_is_refused_on_the_head(ray_cluster, tmp_path):
+    """A relative path would land in Ray's temporary copy of the code on the head: the job's launch.py refuses it
+    in one line, the job fails, and the submitting launch.py exits with its code (2)."""
+    overrides = [o for o in small_overrides(tmp_path, tmp_path / "data", "rel") if not o.startswith("store.root=")]
+    proc = run_launch(overrides + ["store.root=outputs-rel"] + jobs_api(ray_cluster), timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-4000:]
+    assert "error: store.root='outputs-rel' is relative, and this launch.py runs in Ray's temporary copy" in out
+    assert re.search(r"\[ray\] job raysubmit_\w+ FAILED", proc.stderr), proc.stderr
+
+
 @pytest.mark.parametrize("override,message", [
     ("cluster.num_workers=0", "cluster.num_workers=0 must be >= 1"),
     ("cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
-    ("cluster.wait=false", "ray job submit"),
+    ("cluster.wait=false", "cluster.wait=false needs a Ray Jobs API address"),
+    ("cluster.address=http://127.0.0.1:9", "cluster.address=http://127.0.0.1:9: no Ray Jobs API answers there"),
 ])
 def test_bad_ray_options_are_one_error_line_and_no_run_home(tmp_path, override, message):
     """Refused by launch.py before Ray starts or anything is written (no cluster needed)."""
@@ -223,6 +304,29 @@ def test_bad_ray_options_are_one_error_line_and_no_run_home(tmp_path, override, 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_a_silent_jobs_api_address_is_one_error_line_within_the_probe_timeout(tmp_path):
+    """A server that accepts the connection and never answers (a hung head): launch.py gives up after its 10 s
+    probe with one line, instead of waiting forever in the Ray client."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the kernel's backlog; nothing ever reads or answers
+    try:
+        t0 = time.time()
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "silent") + ["cluster=ray",
+                                                                                    f"cluster.address={address}"],
+                          timeout=120)
+        seconds = time.time() - t0
+    finally:
+        silent.close()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no Ray Jobs API answers there within 10s" in errors[0], proc.stderr
+    assert seconds < 60 and not (tmp_path / "store").exists()
 
 
 def test_which_errors_are_deterministic():

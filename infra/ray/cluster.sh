@@ -1,12 +1,17 @@
 #!/bin/bash
 # A real Ray cluster on this one machine, for tests and development; every process stopped by PID.
 #
-#   infra/ray/cluster.sh up DIR [CPUS]   one node (head) on 127.0.0.1; prints `export RAY_ADDRESS=...`
+#   infra/ray/cluster.sh up DIR [CPUS]   one node (head) on 127.0.0.1; prints `export RAY_API_SERVER_ADDRESS=http://...`
+#                                        (the dashboard's Jobs API) and, last, `export RAY_ADDRESS=...` (the GCS)
 #   infra/ray/cluster.sh up2 DIR         two nodes: head in namespace msca-ray-node1 (hostname node1, 10.78.0.1),
 #                                        worker node in msca-ray-node2 (node2, 10.78.0.2), one CPU each; root
 #   infra/ray/cluster.sh down DIR        stop what `up`/`up2` started from DIR (by PID), remove its namespaces
 #   infra/ray/cluster.sh exec DIR CMD..  run CMD on node1 (its network, hostname and hosts file): a driver there
 #                                        reaches the head like a user logged into a cluster's head node
+#
+# Every node runs with this checkout's .venv first on PATH, so a Jobs API entrypoint's `python` has msca's
+# dependencies (a real cluster's image does the same), and RAY_JOB_STOP_WAIT_TIME_S=300: `ray job stop` sends the
+# job's launch.py SIGTERM and Ray's default SIGKILL 3 s later would leave no time for the stop checkpoint.
 #
 # Never `ray stop`: it kills every Ray process on the host, other people's included. Each node is one
 # `ray start --block` process in its own session; `down` sends it SIGTERM (it stops its raylet, GCS, workers),
@@ -22,9 +27,11 @@ RAY="${RAY:-$here/.venv/bin/ray}"
 BR=msca-rbr0
 declare -A ADDR=([node1]=10.78.0.1 [node2]=10.78.0.2)
 PORT=6379
+DASHBOARD_PORT=8265
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+export PATH="$here/.venv/bin:$PATH" RAY_JOB_STOP_WAIT_TIME_S=${RAY_JOB_STOP_WAIT_TIME_S:-300}
 COMMON=(--block --disable-usage-stats --object-store-memory=100000000)
-HEAD=(--head --include-dashboard=false)
+HEAD=(--head --include-dashboard=true --dashboard-host=0.0.0.0)
 
 log() { echo "[ray-cluster] $*" >&2; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -49,18 +56,36 @@ PY
   log "timed out waiting for $n node(s) at $1; logs:"; tail -n 20 "$B"/log/*.out >&2; return 1
 }
 
+wait_dashboard() {  # wait_dashboard URL PIDFILE: until the Jobs API answers
+  for _ in $(seq 120); do
+    alive "$2" || { log "$(basename "$2" .pid) exited; logs:"; tail -n 20 "$B"/log/*.out >&2; return 1; }
+    "$here/.venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+      "$1/api/version" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "the dashboard at $1 did not answer; logs:"; tail -n 20 "$B"/log/*.out >&2; return 1
+}
+
+addresses() {  # addresses IP GCS_PORT DASHBOARD_PORT: what a client exports (RAY_ADDRESS last)
+  echo "export RAY_API_SERVER_ADDRESS=http://$1:$3"
+  echo "export RAY_ADDRESS=$1:$2"
+}
+
 up_local() {
   local cpus=${1:-2}
-  alive "$B/run/head.pid" && { log "already up (pid $(cat "$B/run/head.pid"))"; echo "export RAY_ADDRESS=127.0.0.1:$(cat "$B/run/port")"; return 0; }
+  alive "$B/run/head.pid" && { log "already up (pid $(cat "$B/run/head.pid"))"; addresses 127.0.0.1 "$(cat "$B/run/port")" "$(cat "$B/run/dashboard_port")"; return 0; }
   mkdir -p "$B"/{run,log,t}
-  local port; port=$("$here/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  echo "$port" >"$B/run/port"
-  setsid "$RAY" start "${HEAD[@]}" --node-ip-address=127.0.0.1 --port="$port" --num-cpus="$cpus" --temp-dir="$B/t" \
-    "${COMMON[@]}" </dev/null >>"$B/log/head.out" 2>&1 &
+  local port dash; read -r port dash < <("$here/.venv/bin/python" -c '
+import socket; s = [socket.socket() for _ in range(2)]; [x.bind(("127.0.0.1", 0)) for x in s]
+print(*(x.getsockname()[1] for x in s))')
+  echo "$port" >"$B/run/port"; echo "$dash" >"$B/run/dashboard_port"
+  setsid "$RAY" start "${HEAD[@]}" --dashboard-port="$dash" --node-ip-address=127.0.0.1 --port="$port" \
+    --num-cpus="$cpus" --temp-dir="$B/t" "${COMMON[@]}" </dev/null >>"$B/log/head.out" 2>&1 &
   echo $! >"$B/run/head.pid"
   wait_nodes "127.0.0.1:$port" 1 "$B/run/head.pid"
-  log "up: one node on 127.0.0.1:$port, state in $B"
-  echo "export RAY_ADDRESS=127.0.0.1:$port"
+  wait_dashboard "http://127.0.0.1:$dash" "$B/run/head.pid"
+  log "up: one node on 127.0.0.1:$port (Jobs API http://127.0.0.1:$dash), state in $B"
+  addresses 127.0.0.1 "$port" "$dash"
 }
 
 network() {
@@ -98,20 +123,21 @@ spawn() {
 }
 
 up_two() {
-  alive "$B/run/node1.pid" && { log "already up"; echo "export RAY_ADDRESS=${ADDR[node1]}:$PORT"; return 0; }
+  alive "$B/run/node1.pid" && { log "already up"; addresses ${ADDR[node1]} $PORT $DASHBOARD_PORT; return 0; }
   mkdir -p "$B"/{run,log,etc,t1,t2}
   printf '127.0.0.1 localhost\n10.78.0.1 node1\n10.78.0.2 node2\n' >"$B/etc/hosts"
   printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$B/etc/resolv.conf"
   trap 'log "failed (line $LINENO)"; tail -n 5 "$B"/log/* >&2' ERR
   network
-  spawn node1 "$B/log/node1.out" "$RAY" start "${HEAD[@]}" --node-ip-address=${ADDR[node1]} --port=$PORT --num-cpus=1 \
+  spawn node1 "$B/log/node1.out" "$RAY" start "${HEAD[@]}" --dashboard-port=$DASHBOARD_PORT --node-ip-address=${ADDR[node1]} --port=$PORT --num-cpus=1 \
     --temp-dir="$B/t1" "${COMMON[@]}" >"$B/run/node1.pid"
   wait_nodes "${ADDR[node1]}:$PORT" 1 "$B/run/node1.pid" msca-ray-node1
   spawn node2 "$B/log/node2.out" "$RAY" start --address=${ADDR[node1]}:$PORT --node-ip-address=${ADDR[node2]} \
     --num-cpus=1 --temp-dir="$B/t2" "${COMMON[@]}" >"$B/run/node2.pid"
   wait_nodes "${ADDR[node1]}:$PORT" 2 "$B/run/node2.pid" msca-ray-node1
-  log "up: node1 (head) and node2 at ${ADDR[node1]}:$PORT; state in $B"
-  echo "export RAY_ADDRESS=${ADDR[node1]}:$PORT"
+  wait_dashboard "http://${ADDR[node1]}:$DASHBOARD_PORT" "$B/run/node1.pid"
+  log "up: node1 (head) and node2 at ${ADDR[node1]}:$PORT, Jobs API http://${ADDR[node1]}:$DASHBOARD_PORT; state in $B"
+  addresses ${ADDR[node1]} $PORT $DASHBOARD_PORT
 }
 
 session_pids() {  # every process whose session id is $1 (what `ray start` and its children run in)

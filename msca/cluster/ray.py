@@ -3,13 +3,14 @@
 Ray Train makes the process group (gloo, or nccl with GPUs) and DeepSpeed joins it; the job entry does the rest
 exactly as under the other backends. Ray's own checkpoint storage is not used: checkpoints go through the run
 home's store and commit protocol, so a restarted worker group (worker or node loss, `max_failures`) resumes from
-the newest committed step like a SLURM requeue or a local relaunch, and a run can move between backends.
+the newest committed step like a SLURM requeue or a local relaunch, and a run can move between backends. With a
+Jobs API address (http://HEAD:8265) launch.py submits itself to the cluster instead: msca.cluster.ray_jobs.
 
 Ray retries any worker error; deterministic ones (a config error, an incompatible checkpoint) would fail the
 same way on every retry, so the workers catch them and return them as the run's result instead: the driver
 ends the run at once with the cause. Ray Train V2 runs the training function in a thread (no signal handlers):
 a stop is asked for through the run's stop key in Ray's KV store, which a watcher thread turns into the job's
-stop flag. The only importer of ray besides tests.
+stop flag. This module and msca.cluster.ray_jobs are the only importers of ray besides tests.
 """
 from __future__ import annotations
 
@@ -117,18 +118,37 @@ def ray_temp_dir() -> str:
     return path
 
 
+FORWARDED = ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+             "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S")
+
+
+def forwarded_env_vars(env_vars) -> dict:
+    """The user's env_vars plus this shell's store credentials and msca timeouts, unless set there."""
+    out = {str(k): str(v) for k, v in dict(env_vars or {}).items()}
+    for key in FORWARDED:
+        if os.environ.get(key) and key not in out:
+            out[key] = os.environ[key]
+    return out
+
+
 def worker_runtime_env(cluster) -> dict:
-    """The user's runtime_env plus what every worker needs: `jobs` and this msca on its path."""
+    """The user's runtime_env plus what every worker needs: `jobs` and this msca on its path.
+
+    Inside a Jobs API job (msca.cluster.ray_jobs) the job's runtime_env already carries all of it, composed by
+    the submitting launch.py, and Ray refuses a ray.init runtime_env that repeats any of its keys: only what the
+    job lacks is added (Ray puts the job's uploaded copy of the code on every worker's path itself)."""
+    from msca.cluster.ray_jobs import job_runtime_env
+
+    job = job_runtime_env()
     env = dict(cluster.runtime_env or {})
-    env_vars = {str(k): str(v) for k, v in dict(env.get("env_vars") or {}).items()}
-    path = [str(REPO)] + [p for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(
-        os.pathsep) if p and p != str(REPO)]
-    env_vars["PYTHONPATH"] = os.pathsep.join(path)
-    for key in ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S"):
-        if os.environ.get(key) and key not in env_vars:  # the driver's store credentials, unless set there
-            env_vars[key] = os.environ[key]
-    env["env_vars"] = env_vars
+    env_vars = forwarded_env_vars(env.get("env_vars"))
+    if not job.get("working_dir"):
+        path = [str(REPO)] + [p for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(
+            os.pathsep) if p and p != str(REPO)]
+        env_vars["PYTHONPATH"] = os.pathsep.join(path)
+    env = {k: v for k, v in env.items() if k not in job}
+    job_vars = job.get("env_vars") or {}
+    env["env_vars"] = {k: v for k, v in env_vars.items() if k not in job_vars}
     return env
 
 
@@ -185,11 +205,25 @@ def clear_stop(job_key: str) -> None:
         pass
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM to the driver (`ray job stop`, `kill`): the same stop as Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_stop(signum, _frame):
+    raise StopSignal(signum)
+
+
 def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
-    """trainer.fit() in a thread, so Ctrl-C here becomes a stop request to the workers (they commit a
-    checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
+    """trainer.fit() in a thread, so Ctrl-C or SIGTERM here becomes a stop request to the workers (they commit
+    a checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
     import signal
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_stop)
     box: dict = {}
     done = threading.Event()  # not Thread.join/is_alive: a KeyboardInterrupt inside join() can leave
     # is_alive() False while the thread still runs (CPython), and the run would be taken for finished
@@ -204,10 +238,10 @@ def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
     try:
         while not done.is_set():
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"stopping: the workers save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to abandon)",
               file=sys.stderr, flush=True)
-        request_stop(job_key, int(signal.SIGINT))
+        request_stop(job_key, int(getattr(stop, "signum", signal.SIGINT)))
         if not done.wait(stop_grace_s):
             return None, "the workers did not stop within the grace period"
     return box.get("result"), box.get("error")
@@ -223,11 +257,27 @@ def _fit(trainer) -> dict:
 class RayBackend:
     name = "ray"
 
+    def launches_remotely(self, cluster) -> bool:
+        """A Jobs API address: launch.py itself runs on the cluster (msca.cluster.ray_jobs)."""
+        from msca.cluster.ray_jobs import is_jobs_address
+
+        return is_jobs_address(cluster.address)
+
+    def submit_launch(self, cfg, overrides: list[str]) -> int:
+        from msca.cluster.ray_jobs import submit_launch
+
+        return submit_launch(cfg, overrides)
+
+    def check_paths(self, cfg) -> None:
+        from msca.cluster.ray_jobs import check_paths
+
+        check_paths(cfg)
+
     def check(self, spec: JobSpec, cluster) -> None:
         if not cluster.wait:
-            raise ValueError("cluster.wait=false: the Ray backend runs the trainer from launch.py, which waits for "
-                             "it; submit launch.py itself as a Ray job (ray job submit -- python launch.py ...) to "
-                             "return at once")
+            raise ValueError(f"cluster.wait=false needs a Ray Jobs API address (cluster.address=http://HEAD:8265), "
+                             f"not {cluster.address or 'a private local Ray'!r}: with a Ray client or GCS address "
+                             f"launch.py drives the trainer itself and must wait for it")
         if spec.make_callable is None:
             raise ValueError("the Ray backend needs the job callable (launch.py passes jobs.JOBS)")
 

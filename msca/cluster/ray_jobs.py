@@ -1,0 +1,175 @@
+"""Ray Jobs API mode, `cluster.address=http://HEAD:8265`: launch.py here submits launch.py itself as a Ray job and
+returns at once (`cluster.wait=false`) or follows the job's log to its end (`cluster.wait=true`).
+
+The job runs `python launch.py <the same overrides> cluster.address=auto run.name=<this run>` on the cluster's
+head node, in a copy of this checkout that Ray uploads (runtime_env.working_dir; .gitignore'd files stay here).
+So the cluster's own facts resolve there (its MSCA_STORE_ROOT, data paths, configs/local), and the head does all
+that a launch typed on it does: lease, data check, run home, the Ray Train trainer, resume. Nothing is written
+from this machine, which may not even see the cluster's filesystem. A stop (`ray job stop`, or Ctrl-C while
+following) sends the head's launch.py SIGTERM, which asks the workers to commit a checkpoint first; the cluster
+must give it time (RAY_JOB_STOP_WAIT_TIME_S on the head: infra/ray/README.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from omegaconf import DictConfig, OmegaConf
+
+from msca.cluster.ray import REPO, forwarded_env_vars
+from msca.preemption import EXIT_STOPPED
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a Jobs API entrypoint: the job's runtime_env
+PINNED = ("cluster", "cluster.address", "cluster.wait", "run.name")  # what the job's own launch.py is told
+PROBE_TIMEOUT_S = 10.0
+EXIT_FAILED = 1
+
+
+def is_jobs_address(address: str) -> bool:
+    return address.startswith(("http://", "https://"))
+
+
+def job_runtime_env() -> dict:
+    """The runtime_env of the Jobs API job this process runs in ({} outside one)."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
+
+
+def in_uploaded_copy() -> bool:
+    """launch.py runs in Ray's temporary copy of the submitter's checkout (deleted with the session)."""
+    return bool(job_runtime_env().get("working_dir"))
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Inside an uploaded copy a relative path would put data or runs in a folder Ray deletes, seen by no other
+    node: refuse it, naming the key."""
+    if not in_uploaded_copy():
+        return
+    from msca.storage import is_remote
+
+    for key in ("store.root", "data.root", "model.pretrained"):
+        value = OmegaConf.select(cfg, key)
+        if value and not is_remote(value) and not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"{key}={value!r} is relative, and this launch.py runs in Ray's temporary copy of the "
+                             f"code on the head node: set {key} to a path every node sees or s3://... (on the "
+                             f"command line, or MSCA_STORE_ROOT / MSCA_DATA_ROOT in the cluster's environment)")
+
+
+def entrypoint(overrides: list[str], run_name: str) -> str:
+    """The same overrides, with the backend, address, wait and run name pinned for the head."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in PINNED]
+    return shlex.join(["python", "launch.py", *keep, "cluster=ray", "cluster.address=auto", "cluster.wait=true",
+                       f"run.name={run_name}"])
+
+
+def submission_runtime_env(cluster) -> dict:
+    """The user's runtime_env, plus this checkout as the working_dir (unless one is given) and the store
+    credentials of this shell; every worker of the job inherits it."""
+    env = OmegaConf.to_container(cluster.runtime_env, resolve=True) if isinstance(
+        cluster.runtime_env, DictConfig) else dict(cluster.runtime_env or {})
+    env.setdefault("working_dir", str(REPO))
+    env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
+    return env
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """One bounded request before the Ray client (which waits forever on a silent server)."""
+    url = address.rstrip("/") + "/api/version"
+    fix = ("start the head with the dashboard (ray start --head --dashboard-host=0.0.0.0; needs ray[default]) "
+           "or fix cluster.address")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raise ConnectionError(f"cluster.address={address}: {url} answered HTTP {err.code}; not a Ray Jobs API? "
+                              f"{fix}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConnectionError(f"cluster.address={address}: no Ray Jobs API answers there within {timeout_s:.0f}s "
+                              f"({reason}); {fix}") from None
+
+
+def tail(client, job_id: str, done: threading.Event) -> None:
+    """Print the job's log as it comes (its launch.py's output and the workers' lines)."""
+    async def run():
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(run())
+    except Exception as err:  # noqa: BLE001 - the stream broke: the status poll still ends the wait
+        print(f"[ray] log stream ended: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    finally:
+        done.set()
+
+
+def follow(client, job_id: str, address: str, poll_s: float = 1.0):
+    """Wait for the job's end while its log streams; Ctrl-C asks it to stop with a checkpoint, a second
+    Ctrl-C leaves it running. Returns its JobInfo, or None when left running."""
+    tailed = threading.Event()
+    threading.Thread(target=tail, args=(client, job_id, tailed), name="ray-job-log", daemon=True).start()
+    stopping = False
+    while True:
+        try:
+            if client.get_job_status(job_id).is_terminal():
+                break
+            time.sleep(poll_s)
+        except KeyboardInterrupt:
+            if stopping:
+                print(f"[ray] left running; stop it with: ray job stop --address {address} {job_id}",
+                      file=sys.stderr, flush=True)
+                return None
+            stopping = True
+            print(f"stopping job {job_id}: its workers save a checkpoint first (Ctrl-C again to leave it running)",
+                  file=sys.stderr, flush=True)
+            client.stop_job(job_id)
+    tailed.wait(10)  # the log's last lines
+    return client.get_job_info(job_id)
+
+
+def exit_code(info) -> int:
+    status = str(getattr(info.status, "value", info.status))
+    if status == "SUCCEEDED":
+        return 0
+    if status == "STOPPED":
+        return EXIT_STOPPED
+    return info.driver_exit_code or EXIT_FAILED
+
+
+def submit_launch(cfg: DictConfig, overrides: list[str]) -> int:
+    """Submit launch.py as a Ray job on the cluster at cfg.cluster.address; follow it when cluster.wait."""
+    address = cfg.cluster.address
+    probe(address)
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    command = entrypoint(overrides, cfg.run.name)
+    t0 = time.time()
+    try:
+        job_id = client.submit_job(entrypoint=command, runtime_env=submission_runtime_env(cfg.cluster),
+                                   metadata={"msca_run": str(cfg.run.name)})
+    except RuntimeError as err:  # the server's answer (a bad runtime_env, a package too large): one line
+        raise ConnectionError(f"cluster.address={address}: the Ray Jobs API refused the job: "
+                              f"{str(err).splitlines()[0]}") from None
+    print(f"run {cfg.run.name}: submitted to {address} as job {job_id} in {time.time() - t0:.1f}s; its launch.py "
+          f"runs on the head node: {command}", flush=True)
+    if not cfg.cluster.wait:
+        print(f"follow it: ray job logs --address {address} --follow {job_id}\n"
+              f"stop it (with a checkpoint): ray job stop --address {address} {job_id}\n"
+              f"once it has ended, the same command (run.name={cfg.run.name}) resumes it", flush=True)
+        return 0
+    info = follow(client, job_id, address)
+    if info is None:
+        return EXIT_STOPPED
+    code = exit_code(info)
+    print(f"[ray] job {job_id} {info.status}" + (f": {info.message}" if code and info.message else ""),
+          file=sys.stderr if code else sys.stdout, flush=True)
+    return code
