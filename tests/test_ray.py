@@ -173,6 +173,9 @@ def test_a_run_moves_between_backends_through_s3(reference, ray_cluster, ray_s3,
     def launch(backend, extra):
         if backend == "local":
             return run_launch(base + LOCAL2 + extra, env=env)
+        if first == "local":  # from this machine through Ray Client (the head's port 10001), not on the head
+            client = f"cluster.address=ray://{ray_cluster.address.split(':')[0]}:10001"
+            return run_launch(base + on_ray(ray_cluster) + extra + [client], env=env, timeout=400)
         return launch_on_head(ray_cluster, base + on_ray(ray_cluster) + extra, env=env)
 
     part = launch(first, ["train.max_steps=10"])
@@ -327,6 +330,30 @@ def test_a_silent_jobs_api_address_is_one_error_line_within_the_probe_timeout(tm
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no Ray Jobs API answers there within 10s" in errors[0], proc.stderr
     assert seconds < 60 and not (tmp_path / "store").exists()
+
+
+def test_workers_on_every_node_import_the_shipped_copy_of_the_code(ray_cluster):
+    """With a cluster address the checkout travels as the runtime_env working_dir: each node imports msca from
+    its own unpacked copy, so a real cluster needs no shared filesystem and no install of msca."""
+    code = """
+import json, ray
+from omegaconf import OmegaConf
+from msca.cluster.ray import worker_runtime_env
+env = worker_runtime_env(OmegaConf.create({"address": "x", "runtime_env": {}}))
+ray.init(address=ADDRESS, runtime_env=env, logging_level="ERROR")
+@ray.remote(num_cpus=1)
+def where():
+    import socket, msca, jobs
+    return socket.gethostname(), msca.__file__, jobs.__file__
+print(json.dumps(ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(2)])))
+""".replace("ADDRESS", repr(f"ray://{ray_cluster.address.split(':')[0]}:10001"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {host for host, _, _ in found} == {"node1", "node2"}
+    for host, msca_file, jobs_file in found:
+        assert "/runtime_resources/working_dir_files/_ray_pkg_" in msca_file and not msca_file.startswith(str(REPO))
+        assert os.path.dirname(os.path.dirname(msca_file)) == os.path.dirname(os.path.dirname(jobs_file))
 
 
 def test_which_errors_are_deterministic():

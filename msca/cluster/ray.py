@@ -132,17 +132,21 @@ def forwarded_env_vars(env_vars) -> dict:
 
 
 def worker_runtime_env(cluster) -> dict:
-    """The user's runtime_env plus what every worker needs: `jobs` and this msca on its path.
+    """The user's runtime_env plus what every worker needs: `jobs` and this msca importable.
 
-    Inside a Jobs API job (msca.cluster.ray_jobs) the job's runtime_env already carries all of it, composed by
-    the submitting launch.py, and Ray refuses a ray.init runtime_env that repeats any of its keys: only what the
-    job lacks is added (Ray puts the job's uploaded copy of the code on every worker's path itself)."""
+    On a cluster (any address) this checkout is shipped as the working_dir, as `ray job submit --working-dir`
+    does, so nodes need neither a shared filesystem nor an install of msca (a runtime_env.working_dir of the
+    user's wins); a private local Ray just gets it on PYTHONPATH. Inside a Jobs API job (msca.cluster.ray_jobs)
+    the job's runtime_env already carries all of it, composed by the submitting launch.py, and Ray refuses a
+    ray.init runtime_env that repeats any of its keys: only what the job lacks is added."""
     from msca.cluster.ray_jobs import job_runtime_env
 
     job = job_runtime_env()
     env = dict(cluster.runtime_env or {})
     env_vars = forwarded_env_vars(env.get("env_vars"))
-    if not job.get("working_dir"):
+    if cluster.address and not job.get("working_dir"):
+        env.setdefault("working_dir", str(REPO))
+    elif not job.get("working_dir"):
         path = [str(REPO)] + [p for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(
             os.pathsep) if p and p != str(REPO)]
         env_vars["PYTHONPATH"] = os.pathsep.join(path)
@@ -157,6 +161,8 @@ def connect(cluster) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not sys.stdout.isatty():  # worker lines in a log file (a Ray job's, SLURM's, a test's): no colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     kwargs = dict(runtime_env=worker_runtime_env(cluster), log_to_driver=True, logging_level=logging.WARNING)
     if cluster.address:
         ray.init(address=cluster.address, **kwargs)
