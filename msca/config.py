@@ -53,7 +53,8 @@ class ClusterConfig:
     wait: bool = False  # block and stream progress until the job ends
     dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
     # --- ray (Ray Train TorchTrainer); see configs/cluster/ray.yaml
-    address: str = ""  # "": start a private local Ray; "auto" / "host:6379": join a cluster; "ray://host:10001"
+    address: str = ""  # "": a private local Ray; "auto" / "host:6379" / "ray://host:10001": join a cluster;
+    # "http://head:8265": submit launch.py to the cluster's Ray Jobs API (msca.cluster.ray_jobs)
     num_workers: int = 1  # ranks (Ray Train workers)
     use_gpu: bool = False  # one GPU per worker, nccl
     cpus_per_worker: float = 1.0

@@ -49,12 +49,14 @@ def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
 
 
 def git_sha() -> str | None:
+    """This checkout's commit; where launch.py runs from a copy without .git (a Ray job's upload), the commit
+    the submitting launch.py ran (MSCA_GIT_SHA)."""
     try:
         root = Path(__file__).resolve().parents[1]
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
+                              timeout=5).stdout.strip() or os.environ.get("MSCA_GIT_SHA") or None
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("MSCA_GIT_SHA") or None
 
 
 def has_trained(home: RunHome) -> bool:
@@ -92,6 +94,7 @@ def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "overrides": overrides, "backend": cfg.cluster.backend, "job": cfg.run.job, "resumed": resuming,
         "git_sha": git_sha(), "user": getpass.getuser(), "host": socket.gethostname(),
+        **({"submitted_from": os.environ["MSCA_SUBMITTED_FROM"]} if os.environ.get("MSCA_SUBMITTED_FROM") else {}),
     })
     home.store.write_text("launch.json", json.dumps(launches, indent=2))
     return home
@@ -177,7 +180,8 @@ def launch_variants(cfg: DictConfig, overrides: list[str], compose, make_callabl
         homes.append(RunHome(run_uri(sub.store.root, sub.run.name), sub.store.endpoint_url))
         if code == EXIT_STOPPED:  # Ctrl-C stops the comparison, not just this variant
             return code
-    if cfg.cluster.foreground:
+    waited = cfg.cluster.foreground if cfg.cluster.backend == "local" else cfg.cluster.wait
+    if waited:
         print(comparison_table(homes))
     else:
         print("when they finish: python -m msca.report " + " ".join(h.uri for h in homes))

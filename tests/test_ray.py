@@ -249,6 +249,11 @@ def test_jobs_api_returns_at_once_and_the_run_finishes_on_the_cluster(reference,
     assert_same_weights(ref, weights(tmp / "store" / "runs" / "jobs"))
     launches = json.loads((tmp / "store" / "runs" / "jobs" / "launch.json").read_text())
     assert [(entry["backend"], entry["host"]) for entry in launches] == [("ray", "node1")]
+    import socket  # the head's copy has no .git: the submitter's commit and user@host come with the job
+
+    assert launches[0]["git_sha"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                                    text=True).stdout.strip()
+    assert launches[0]["submitted_from"].endswith("@" + socket.gethostname())
     print(f"Jobs API: launch.py returned {returned_s:.1f}s after it started; the job then ran to the end")
 
 

@@ -3,6 +3,7 @@ local, slurm and ray backends side by side, on the same run (tiny MSCA, syntheti
 
     python -m msca.bench launch                                   # local and ray (a private local Ray)
     python -m msca.bench launch --ray-address 127.0.0.1:6379      # ray on an existing cluster instead
+    python -m msca.bench launch --jobs-api http://10.78.0.1:8265 # also ray-jobs: launch.py through the Jobs API
     SLURM_CONF=... python -m msca.bench launch --slurm            # also slurm (cluster.wait=true)
 
 Each backend runs `launch.py` as a user would (a subprocess); the first step's and every later step's wall time
@@ -37,6 +38,8 @@ def parse(argv):
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (6 steps each with the tiny data)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (medians reported)")
     p.add_argument("--ray-address", default="", help="an existing Ray cluster (default: launch.py starts one)")
+    p.add_argument("--jobs-api", default="", help="also ray-jobs: submit to this Jobs API address (wait=true; "
+                   "the store and data folders must be ones the cluster's nodes see)")
     p.add_argument("--slurm", action="store_true", help="also slurm (needs SLURM_CONF or a cluster's clients)")
     p.add_argument("--nodes", type=int, default=1, help="slurm: nodes (2 ranks in all)")
     p.add_argument("--workdir", default=None, help="data and run homes (default: a temp folder)")
@@ -49,6 +52,8 @@ def backend_overrides(name: str, args) -> list[str]:
         return ["cluster.procs_per_node=2"]
     if name == "ray":
         return ["cluster=ray", "cluster.num_workers=2", f"cluster.address={args.ray_address}"]
+    if name == "ray-jobs":
+        return ["cluster=ray", "cluster.num_workers=2", f"cluster.address={args.jobs_api}", "cluster.wait=true"]
     per_node = 2 // args.nodes
     return ["cluster=slurm", "cluster.wait=true", f"cluster.nodes={args.nodes}",
             f"cluster.tasks_per_node={per_node}", "cluster.cpus_per_task=1"]
@@ -74,7 +79,7 @@ def run_once(name: str, args, work: Path, tag: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse(argv or [])
-    backends = ["local", "ray"] + (["slurm"] if args.slurm else [])
+    backends = ["local", "ray"] + (["ray-jobs"] if args.jobs_api else []) + (["slurm"] if args.slurm else [])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="msca-bench-launch-"))
     run_once("local", args, work, "warmup")  # writes the synthetic data once; not timed
     results: dict[str, list[dict]] = {b: [] for b in backends}
@@ -86,11 +91,11 @@ def main(argv=None) -> int:
            for b, rs in results.items()}
     base = med["local"]["step_ms"]
     ray_where = args.ray_address or "private local Ray started by launch.py"
-    print(f"{'backend':<8} {'launch->1st step':>17} {'step (median)':>14} {'vs local':>9} {'launch->exit':>13}")
+    print(f"{'backend':<9} {'launch->1st step':>17} {'step (median)':>14} {'vs local':>9} {'launch->exit':>13}")
     for b in backends:
         m = med[b]
-        print(f"{b:<8} {m['first_step_s']:>16.1f}s {m['step_ms']:>12.1f}ms {m['step_ms'] / base - 1:>+8.1%} "
+        print(f"{b:<9} {m['first_step_s']:>16.1f}s {m['step_ms']:>12.1f}ms {m['step_ms'] / base - 1:>+8.1%} "
               f"{m['wall_s']:>12.1f}s")
     print(f"(2 ranks, gloo, {results['local'][0]['steps']} steps per run, medians of {args.rounds} interleaved "
-          f"rounds; ray: {ray_where})")
+          f"rounds; ray: {ray_where}" + (f"; ray-jobs: {args.jobs_api}" if args.jobs_api else "") + ")")
     return 0

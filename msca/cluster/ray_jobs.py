@@ -12,9 +12,11 @@ must give it time (RAY_JOB_STOP_WAIT_TIME_S on the head: infra/ray/README.md).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import shlex
+import socket
 import sys
 import threading
 import time
@@ -29,6 +31,8 @@ from msca.preemption import EXIT_STOPPED
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a Jobs API entrypoint: the job's runtime_env
 PINNED = ("cluster", "cluster.address", "cluster.wait", "run.name")  # what the job's own launch.py is told
 PROBE_TIMEOUT_S = 10.0
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+LOST_CONTACT_S = 120.0  # following a job: how long the Jobs API may stay silent before launch.py gives up
 EXIT_FAILED = 1
 
 
@@ -76,24 +80,33 @@ def submission_runtime_env(cluster) -> dict:
         cluster.runtime_env, DictConfig) else dict(cluster.runtime_env or {})
     env.setdefault("working_dir", str(REPO))
     env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
+    from msca.launcher import git_sha  # launch.json on the head records where the run was launched from
+
+    env["env_vars"].update(MSCA_SUBMITTED_FROM=f"{getpass.getuser()}@{socket.gethostname()}",
+                           **({"MSCA_GIT_SHA": sha} if (sha := git_sha()) else {}))
     return env
 
 
-def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """One bounded request before the Ray client (which waits forever on a silent server)."""
-    url = address.rstrip("/") + "/api/version"
+def call(address: str, path: str, method: str = "GET", timeout_s: float = PROBE_TIMEOUT_S) -> dict:
+    """One Jobs API request with a deadline (the Ray SDK's requests have none: a silent head would hang us)."""
+    request = urllib.request.Request(address.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+        return json.loads(reply.read() or b"{}")
+
+
+def probe(address: str) -> None:
+    """Fail in one line, within PROBE_TIMEOUT_S, when no Jobs API answers at the address."""
     fix = ("start the head with the dashboard (ray start --head --dashboard-host=0.0.0.0; needs ray[default]) "
            "or fix cluster.address")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-            json.loads(reply.read() or b"{}")
+        call(address, "/api/version")
     except urllib.error.HTTPError as err:
-        raise ConnectionError(f"cluster.address={address}: {url} answered HTTP {err.code}; not a Ray Jobs API? "
-                              f"{fix}") from None
+        raise ConnectionError(f"cluster.address={address}: /api/version answered HTTP {err.code}; not a Ray Jobs "
+                              f"API? {fix}") from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise ConnectionError(f"cluster.address={address}: no Ray Jobs API answers there within {timeout_s:.0f}s "
-                              f"({reason}); {fix}") from None
+        raise ConnectionError(f"cluster.address={address}: no Ray Jobs API answers there within "
+                              f"{PROBE_TIMEOUT_S:.0f}s ({reason}); {fix}") from None
 
 
 def tail(client, job_id: str, done: threading.Event) -> None:
@@ -111,15 +124,32 @@ def tail(client, job_id: str, done: threading.Event) -> None:
         done.set()
 
 
-def follow(client, job_id: str, address: str, poll_s: float = 1.0):
+def job_info(address: str, job_id: str, since: list) -> dict | None:
+    """The job's details (status, message, driver_exit_code); None while the head does not answer, for at most
+    LOST_CONTACT_S in a row (`since` holds when the silence began)."""
+    try:
+        info = call(address, f"/api/jobs/{job_id}")
+        since.clear()
+        return info
+    except (OSError, ValueError) as err:  # the head is restarting or unreachable
+        since[:] = since or [time.time()]
+        if time.time() - since[0] > LOST_CONTACT_S:
+            raise ConnectionError(f"cluster.address={address}: no answer about job {job_id} for {LOST_CONTACT_S:.0f}s "
+                                  f"({type(err).__name__}); it may still run: ray job status --address {address} "
+                                  f"{job_id}") from None
+        return None
+
+
+def follow(client, job_id: str, address: str, poll_s: float = 1.0) -> dict | None:
     """Wait for the job's end while its log streams; Ctrl-C asks it to stop with a checkpoint, a second
-    Ctrl-C leaves it running. Returns its JobInfo, or None when left running."""
+    Ctrl-C leaves it running. Returns its details, or None when left running."""
     tailed = threading.Event()
     threading.Thread(target=tail, args=(client, job_id, tailed), name="ray-job-log", daemon=True).start()
-    stopping = False
+    stopping, silent_since = False, []
     while True:
         try:
-            if client.get_job_status(job_id).is_terminal():
+            info = job_info(address, job_id, silent_since)
+            if info and info.get("status") in TERMINAL:
                 break
             time.sleep(poll_s)
         except KeyboardInterrupt:
@@ -130,18 +160,21 @@ def follow(client, job_id: str, address: str, poll_s: float = 1.0):
             stopping = True
             print(f"stopping job {job_id}: its workers save a checkpoint first (Ctrl-C again to leave it running)",
                   file=sys.stderr, flush=True)
-            client.stop_job(job_id)
+            try:
+                call(address, f"/api/jobs/{job_id}/stop", method="POST")
+            except (OSError, ValueError) as err:
+                print(f"[ray] the stop request failed ({err}); again: ray job stop --address {address} {job_id}",
+                      file=sys.stderr, flush=True)
     tailed.wait(10)  # the log's last lines
-    return client.get_job_info(job_id)
+    return info
 
 
-def exit_code(info) -> int:
-    status = str(getattr(info.status, "value", info.status))
-    if status == "SUCCEEDED":
+def exit_code(info: dict) -> int:
+    if info["status"] == "SUCCEEDED":
         return 0
-    if status == "STOPPED":
+    if info["status"] == "STOPPED":
         return EXIT_STOPPED
-    return info.driver_exit_code or EXIT_FAILED
+    return info.get("driver_exit_code") or EXIT_FAILED
 
 
 def submit_launch(cfg: DictConfig, overrides: list[str]) -> int:
@@ -170,6 +203,6 @@ def submit_launch(cfg: DictConfig, overrides: list[str]) -> int:
     if info is None:
         return EXIT_STOPPED
     code = exit_code(info)
-    print(f"[ray] job {job_id} {info.status}" + (f": {info.message}" if code and info.message else ""),
+    print(f"[ray] job {job_id} {info['status']}" + (f": {info.get('message')}" if code and info.get("message") else ""),
           file=sys.stderr if code else sys.stdout, flush=True)
     return code
