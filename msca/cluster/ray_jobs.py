@@ -109,19 +109,39 @@ def probe(address: str) -> None:
                               f"{PROBE_TIMEOUT_S:.0f}s ({reason}); {fix}") from None
 
 
-def tail(client, job_id: str, done: threading.Event) -> None:
-    """Print the job's log as it comes (its launch.py's output and the workers' lines)."""
-    async def run():
-        async for chunk in client.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+class LogTail:
+    """Prints the job's log as it comes (its launch.py's output and the workers' lines). Ray closes the stream
+    seconds after the job ends; `finish` prints the rest from the full log at once instead of waiting."""
 
-    try:
-        asyncio.run(run())
-    except Exception as err:  # noqa: BLE001 - the stream broke: the status poll still ends the wait
-        print(f"[ray] log stream ended: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-    finally:
-        done.set()
+    def __init__(self, client, job_id: str):
+        self.client, self.job_id = client, job_id
+        self.printed, self.closed, self.lock = 0, False, threading.Lock()
+        threading.Thread(target=self.run, name="ray-job-log", daemon=True).start()
+
+    def run(self) -> None:
+        async def stream():
+            async for chunk in self.client.tail_job_logs(self.job_id):
+                with self.lock:
+                    if self.closed:
+                        return
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                    self.printed += len(chunk)
+
+        try:
+            asyncio.run(stream())
+        except Exception as err:  # noqa: BLE001 - the stream broke: finish() prints the rest
+            print(f"[ray] log stream ended: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+
+    def finish(self, address: str) -> None:
+        with self.lock:
+            self.closed = True
+        try:
+            rest = call(address, f"/api/jobs/{self.job_id}/logs", timeout_s=60).get("logs", "")[self.printed:]
+        except (OSError, ValueError) as err:
+            rest = f"[ray] the end of the job's log could not be read ({err}): ray job logs {self.job_id}\n"
+        sys.stdout.write(rest)
+        sys.stdout.flush()
 
 
 def job_info(address: str, job_id: str, since: list) -> dict | None:
@@ -143,8 +163,7 @@ def job_info(address: str, job_id: str, since: list) -> dict | None:
 def follow(client, job_id: str, address: str, poll_s: float = 1.0) -> dict | None:
     """Wait for the job's end while its log streams; Ctrl-C asks it to stop with a checkpoint, a second
     Ctrl-C leaves it running. Returns its details, or None when left running."""
-    tailed = threading.Event()
-    threading.Thread(target=tail, args=(client, job_id, tailed), name="ray-job-log", daemon=True).start()
+    log = LogTail(client, job_id)
     stopping, silent_since = False, []
     while True:
         try:
@@ -165,7 +184,7 @@ def follow(client, job_id: str, address: str, poll_s: float = 1.0) -> dict | Non
             except (OSError, ValueError) as err:
                 print(f"[ray] the stop request failed ({err}); again: ray job stop --address {address} {job_id}",
                       file=sys.stderr, flush=True)
-    tailed.wait(10)  # the log's last lines
+    log.finish(address)
     return info
 
 
