@@ -24,20 +24,29 @@ def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
     ]
 
 
-def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300,
+               wrap: tuple = ()) -> subprocess.CompletedProcess:
     """launch.py in its own session, so a hung run is killed with all of its ranks (not just launch.py,
     which would leave the ranks spinning on the test machine's cores), then the test fails."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    args = [sys.executable, str(REPO / "launch.py"), *overrides]
-    proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start_launch(overrides, env, wrap, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"launch.py did not finish in {timeout}s (killed with its ranks)\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def start_launch(overrides: list[str], env: dict | None = None, wrap: tuple = (), merged: bool = False,
+                 **popen) -> subprocess.Popen:
+    """launch.py in the background, as a user starts it, for tests that signal or kill it mid-run. `wrap` runs
+    it through another command (a cluster node's exec); stdout and stderr (or both merged) come on pipes: read
+    them with communicate()."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([*wrap, sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                            text=True, **popen)
 
 
 def metrics(store: Path, name: str) -> list[dict]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from launch_helpers import REPO, run_launch, small_overrides
+from launch_helpers import run_launch, small_overrides, start_launch
 
 COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=2", "train.val_every=0", "eval.at_end=false",
           "data.batch_size=2", "checkpoint.every_steps=2"]
@@ -18,9 +18,7 @@ COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=2", "trai
 def test_second_launch_of_a_running_run_is_refused(tmp_path):
     overrides = small_overrides(tmp_path, tmp_path / "data", "twice") + COMMON + ["train.epochs=4"]
     home = tmp_path / "store" / "runs" / "twice"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_launch(overrides)
     try:
         deadline = time.time() + 120
         while not (home / "lease.json").exists():
@@ -101,9 +99,7 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path):
     import signal
 
     overrides = small_overrides(tmp_path, tmp_path / "data", "early") + COMMON + ["train.max_steps=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_launch(overrides)
     try:
         from test_resume import rank_pids
 

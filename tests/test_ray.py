@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from launch_helpers import REPO, metrics, run_launch, small_overrides
+from launch_helpers import REPO, metrics, run_launch, small_overrides, start_launch
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch
 EPOCHS = 12
@@ -33,9 +33,7 @@ def on_ray(cluster, extra=()) -> list[str]:
 
 
 def launch_on_head(cluster, overrides: list[str], env: dict | None = None, timeout: int = 400):
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cluster.on_head(sys.executable, str(REPO / "launch.py"), *overrides), cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_launch(overrides, env, timeout, wrap=tuple(cluster.on_head()))
 
 
 def weights(home_or_bytes):
@@ -95,9 +93,7 @@ def wait_step(store, name, step: int, proc, timeout: float = 240) -> int:
 def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray_cluster):
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "kill") + COMMON + on_ray(ray_cluster)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(ray_cluster.on_head(sys.executable, str(REPO / "launch.py"), *overrides), cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_launch(overrides, wrap=ray_cluster.on_head(), merged=True)
     try:
         wait_step(tmp / "store", "kill", 8, proc)
         victims = ray_cluster.train_workers("node2")
@@ -132,9 +128,7 @@ def test_ctrl_c_stops_the_workers_with_a_checkpoint_and_a_local_relaunch_finishe
     workers through Ray's KV store, they commit a checkpoint at the next step and the launcher exits 3."""
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "stop") + COMMON + on_ray(ray_cluster)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(ray_cluster.on_head(sys.executable, str(REPO / "launch.py"), *overrides), cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_launch(overrides, wrap=ray_cluster.on_head(), merged=True)
     try:
         wait_step(tmp / "store", "stop", 5, proc)
         t_signal = time.time()
@@ -262,9 +256,7 @@ def test_jobs_api_follows_the_log_and_ctrl_c_stops_the_job_with_a_checkpoint(ref
     the workers commit a checkpoint, the job ends STOPPED and launch.py exits 3; the same command resumes it."""
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "jobstop") + COMMON + jobs_api(ray_cluster)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_launch(overrides, merged=True)
     try:
         wait_step(tmp / "store", "jobstop", 5, proc)
         proc.send_signal(signal.SIGINT)

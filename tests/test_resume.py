@@ -7,13 +7,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from launch_helpers import REPO, metrics, run_launch, small_overrides
+from launch_helpers import metrics, run_launch, small_overrides, start_launch
 from msca.attempts import read_attempts
 from msca.metrics import read_metrics
 
@@ -64,9 +63,7 @@ def test_ctrl_c_saves_at_the_next_step_and_the_relaunch_finishes_exactly(runs):
     tmp, reference = runs
     overrides = small_overrides(tmp, tmp / "data", "sig") + COMMON + ["checkpoint.every_steps=0",
                                                                         "checkpoint.every_epochs=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_launch(overrides, start_new_session=True)
     path = tmp / "store" / "runs" / "sig" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (path.exists() and path.read_text().strip()) and time.time() < deadline and proc.poll() is None:
@@ -208,10 +205,8 @@ def test_rank_killed_while_a_checkpoint_uploads(runs, s3_server, tmp_path, victi
     name = f"kill{victim}"
     overrides = [o for o in small_overrides(tmp, tmp / "data", name) if not o.startswith("store.root=")] + COMMON + [
         f"store.root=s3://{bucket}/team", f"checkpoint.staging_dir={tmp_path / 'scratch'}"]
-    env = {**os.environ, **s3_server.env, "OMP_NUM_THREADS": "1", "MSCA_CACHE": str(tmp_path / "cache")}
     store = s3_server.store(f"s3://{bucket}/team/runs/{name}")
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_launch(overrides, env={**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")})
     try:
         deadline = time.time() + 180
         pids = rank_pids(proc.pid, deadline)
@@ -253,10 +248,8 @@ def test_s3_server_paused_for_30s_mid_run_costs_a_pause_not_the_run(runs, s3_ser
     bucket = s3_server.make_bucket()
     overrides = [o for o in small_overrides(tmp, tmp / "data", "paused") if not o.startswith("store.root=")] + \
         COMMON + [f"store.root=s3://{bucket}/team"]
-    env = {**os.environ, **s3_server.env, "OMP_NUM_THREADS": "1", "MSCA_CACHE": str(tmp_path / "cache")}
     store = s3_server.store(f"s3://{bucket}/team/runs/paused")
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_launch(overrides, env={**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")})
     try:
         deadline = time.time() + 180
         while not store.exists("checkpoints/step_000000004/MANIFEST.json"):
