@@ -123,6 +123,31 @@ def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray
           f"{time.time() - t_kill:.1f}s after the kill")
 
 
+def test_a_killed_worker_with_no_restart_left_fails_in_one_line_naming_it(reference, ray_cluster):
+    """cluster.max_failures=0: the kill ends the run; launch.py names the dead worker (rank, node, pid) in one line
+    instead of Ray's multi-line report, and says from which committed step the same command resumes."""
+    tmp, _ = reference
+    ray = [o for o in on_ray(ray_cluster) if not o.startswith("cluster.max_failures=")] + ["cluster.max_failures=0"]
+    proc = start_launch(small_overrides(tmp, tmp / "data", "norestart") + COMMON + ray, wrap=ray_cluster.on_head(),
+                        merged=True)
+    try:
+        wait_step(tmp / "store", "norestart", 4, proc)
+        victims = ray_cluster.train_workers("node2")
+        assert len(victims) == 1, victims
+        os.kill(victims[0], 9)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-5000:]
+    failed = [line for line in out.splitlines() if line.startswith("run norestart failed (exit 1): ")]
+    assert len(failed) == 1, out[-5000:]
+    assert re.search(rf"rank \d on node2 \(pid {victims[0]}\): its process died", failed[0]), failed[0]
+    assert "cluster.max_failures=0 used up" in failed[0]
+    assert re.search(r"the same command then resumes it from step (\d+), its newest committed checkpoint", out)
+    assert out.count("Started training worker group of size 2") == 1  # no restart
+
+
 def test_ctrl_c_stops_the_workers_with_a_checkpoint_and_a_local_relaunch_finishes_exactly(reference, ray_cluster):
     """Ray Train runs the job off the main thread (no signal handlers there): Ctrl-C on launch.py reaches the
     workers through Ray's KV store, they commit a checkpoint at the next step and the launcher exits 3."""

@@ -257,7 +257,39 @@ def _fit(trainer) -> dict:
     try:
         return {"result": trainer.fit()}
     except Exception as err:  # noqa: BLE001 - TrainingFailedError and friends: reported, not raised
-        return {"error": f"{type(err).__name__}: {err}"}
+        return {"error": failure_summary(err)}
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+_DIED = re.compile(r"actor died|health check failed|worker process has died", re.IGNORECASE)
+
+
+def last_error_line(text: str, limit: int = 200) -> str:
+    """A traceback's `ExcType: message` line (the last one), else its last line; shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = [line for line in lines if _ERROR_LINE.match(line)]
+    line = (found or lines or ["(no message)"])[-1]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def failure_summary(err: BaseException) -> str:
+    """One line for a failed fit(): per rank, the worker that died (node, pid) or its error's last line, dead
+    workers first (the others' errors are usually their collateral: a peer's connection reset). Ray's full
+    report, with tracebacks and worker log paths, is in the output above."""
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        cause = getattr(err, "controller_failure", err)
+        return f"{type(cause).__name__}: {last_error_line(str(cause))}"
+    died, errors = [], []
+    for rank, failure in sorted(failures.items()):
+        text = str(failure)
+        if _DIED.search(text):
+            host, pid = re.search(r"hostname='([^']+)'", text), re.search(r"\bpid=(\d+)", text)
+            died.append(f"rank {rank}" + (f" on {host.group(1)}" if host else "") + (f" (pid {pid.group(1)})" if pid
+                        else "") + ": its process died (killed, out of memory or crashed)")
+        else:
+            errors.append(f"rank {rank}: {last_error_line(text)}")
+    return "; ".join(died + errors)
 
 
 class RayBackend:
@@ -303,8 +335,9 @@ class RayBackend:
             ray.shutdown()
         desc = f"job {job_key} ({cluster.num_workers} worker(s)) on {where}"
         if error:
-            print(f"[ray] the run failed: {error}", file=sys.stderr, flush=True)
-            return Handle(self.name, desc, returncode=EXIT_FAILED)
+            return Handle(self.name, desc, returncode=EXIT_FAILED,
+                          error=f"{error}; the {cluster.max_failures} worker-group restart(s) of "
+                                f"cluster.max_failures={cluster.max_failures} used up")
         outcome = result.return_value or {}
         status = outcome.get("status")
         if status == "stopped":
