@@ -35,6 +35,15 @@ class RayCluster:
         """CMD as a user on the head node runs it (node1's network, hostname and hosts file)."""
         return ["bash", str(SCRIPT), "exec", str(self.dir), *cmd]
 
+    def kill_node2(self) -> None:
+        """node2 vanishes: every process in its namespace (raylet, agents, workers) gets SIGKILL."""
+        subprocess.run(["bash", str(SCRIPT), "kill-node2", str(self.dir)], check=True, capture_output=True, timeout=60)
+
+    def start_node2(self) -> None:
+        """A fresh node2 (empty local disk) joins the head."""
+        subprocess.run(["bash", str(SCRIPT), "start-node2", str(self.dir)], check=True, capture_output=True,
+                       timeout=120)
+
     def node_pids(self, node: str) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", f"msca-ray-{node}"], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]

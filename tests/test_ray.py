@@ -123,6 +123,32 @@ def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray
           f"{time.time() - t_kill:.1f}s after the kill")
 
 
+def test_a_lost_node_is_replaced_and_the_run_resumes_exactly(reference, ray_cluster):
+    """node2 dies whole (raylet, agents and worker: SIGKILL to every process in its namespace) and a fresh node2
+    with an empty local disk joins: Ray restarts the group on it, which resumes from the newest committed step
+    and ends bit-identical to the uninterrupted run, each step recorded once."""
+    tmp, ref = reference
+    proc = start_launch(small_overrides(tmp, tmp / "data", "nodeloss") + COMMON + on_ray(ray_cluster),
+                        wrap=ray_cluster.on_head(), merged=True)
+    try:
+        wait_step(tmp / "store", "nodeloss", 8, proc)
+        t_loss = time.time()
+        ray_cluster.kill_node2()
+        ray_cluster.start_node2()
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-6000:]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+/step_(\d+) \(step \d+\)", out)]
+    assert len(resumed) == 1 and 6 <= resumed[0] < TOTAL, out[-6000:]
+    assert out.count("Started training worker group of size 2") == 2
+    steps = train_steps(metrics(tmp / "store", "nodeloss"))
+    assert steps[-1] == TOTAL and sorted(set(steps)) == list(range(1, TOTAL + 1))
+    assert_same_weights(ref, weights(tmp / "store" / "runs" / "nodeloss"))
+    print(f"node2 lost and replaced -> resumed from step {resumed[0]} -> done {time.time() - t_loss:.1f}s after")
+
+
 def test_a_killed_worker_with_no_restart_left_fails_in_one_line_naming_it(reference, ray_cluster):
     """cluster.max_failures=0: the kill ends the run; launch.py names the dead worker (rank, node, pid) in one line
     instead of Ray's multi-line report, and says from which committed step the same command resumes."""

@@ -6,6 +6,8 @@
 #   infra/ray/cluster.sh up2 DIR         two nodes: head in namespace msca-ray-node1 (hostname node1, 10.78.0.1),
 #                                        worker node in msca-ray-node2 (node2, 10.78.0.2), one CPU each; root
 #   infra/ray/cluster.sh down DIR        stop what `up`/`up2` started from DIR (by PID), remove its namespaces
+#   infra/ray/cluster.sh kill-node2 DIR  (up2) node2 dies: SIGKILL to every process in its namespace
+#   infra/ray/cluster.sh start-node2 DIR (up2) a fresh node2 (empty local disk) joins the head
 #   infra/ray/cluster.sh exec DIR CMD..  run CMD on node1 (its network, hostname and hosts file): a driver there
 #                                        reaches the head like a user logged into a cluster's head node
 #
@@ -132,12 +134,24 @@ up_two() {
   spawn node1 "$B/log/node1.out" "$RAY" start "${HEAD[@]}" --dashboard-port=$DASHBOARD_PORT --node-ip-address=${ADDR[node1]} --port=$PORT --num-cpus=1 \
     --temp-dir="$B/t1" "${COMMON[@]}" >"$B/run/node1.pid"
   wait_nodes "${ADDR[node1]}:$PORT" 1 "$B/run/node1.pid" msca-ray-node1
-  spawn node2 "$B/log/node2.out" "$RAY" start --address=${ADDR[node1]}:$PORT --node-ip-address=${ADDR[node2]} \
-    --num-cpus=1 --temp-dir="$B/t2" "${COMMON[@]}" >"$B/run/node2.pid"
-  wait_nodes "${ADDR[node1]}:$PORT" 2 "$B/run/node2.pid" msca-ray-node1
+  start_node2
   wait_dashboard "http://${ADDR[node1]}:$DASHBOARD_PORT" "$B/run/node1.pid"
   log "up: node1 (head) and node2 at ${ADDR[node1]}:$PORT, Jobs API http://${ADDR[node1]}:$DASHBOARD_PORT; state in $B"
   addresses ${ADDR[node1]} $PORT $DASHBOARD_PORT
+}
+
+start_node2() {  # the worker node joins the head; started again after kill-node, it is a fresh machine
+  rm -rf "$B/local/node2" "$B/t2"; mkdir -p "$B/t2"  # (empty local disk: no cache, no staged checkpoints)
+  spawn node2 "$B/log/node2.out" "$RAY" start --address=${ADDR[node1]}:$PORT --node-ip-address=${ADDR[node2]} \
+    --num-cpus=1 --temp-dir="$B/t2" "${COMMON[@]}" >"$B/run/node2.pid"
+  wait_nodes "${ADDR[node1]}:$PORT" 2 "$B/run/node2.pid" msca-ray-node1
+}
+
+kill_node2() {  # node2 vanishes at once: SIGKILL to every process in its namespace (raylet, agents, workers)
+  local pids; pids=$(ip netns pids msca-ray-node2 2>/dev/null || true)
+  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+  rm -f "$B/run/node2.pid"
+  log "node2 killed (${pids//$'\n'/ })"
 }
 
 session_pids() {  # every process whose session id is $1 (what `ray start` and its children run in)
@@ -175,14 +189,16 @@ teardown() {
 }
 
 cmd=${1:-}; B=${2:-}
-[ -n "$B" ] || { sed -n '2,10p' "$0" >&2; exit 2; }
+[ -n "$B" ] || { sed -n '2,12p' "$0" >&2; exit 2; }
 mkdir -p "$B"; B=$(cd "$B" && pwd)
 case $cmd in
   up) up_local "${3:-2}" ;;
   up2) up_two ;;
   down) teardown "$B"; log "down" ;;
+  kill-node2) kill_node2 ;;
+  start-node2) start_node2; log "node2 joined" ;;
   exec) shift 2; exec nsenter --net=/run/netns/msca-ray-node1 unshare --uts --mount -- bash -c \
           'hostname node1; mount --bind "$0/etc/hosts" /etc/hosts; mount --bind "$0/etc/resolv.conf" /etc/resolv.conf
            exec "$@"' "$B" "$@" ;;
-  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac
