@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from msca.checkpoint import MANIFEST, CheckpointManager
+from msca.checkpoint import CheckpointManager
 from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
 from msca.data import check_data
@@ -35,11 +35,16 @@ class RunIsRunning(ValueError):
     """Another job holds the run's lease."""
 
 
+def local_paths(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, value) of every path the config sets on a filesystem (not s3://...)."""
+    values = ((key, OmegaConf.select(cfg, key)) for key in ("data.root", "store.root", "model.pretrained"))
+    return [(key, value) for key, value in values if value and not is_remote(value)]
+
+
 def absolutize(cfg: DictConfig) -> None:
     """Relative local paths are relative to where launch.py ran; ranks may start elsewhere (SLURM)."""
-    for key in ("data.root", "store.root", "model.pretrained"):
-        value = OmegaConf.select(cfg, key)
-        if value and not is_remote(value) and not os.path.isabs(value):
+    for key, value in local_paths(cfg):
+        if not os.path.isabs(value):
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
 
 
@@ -53,10 +58,11 @@ def git_sha() -> str | None:
     the submitting launch.py ran (MSCA_GIT_SHA)."""
     try:
         root = Path(__file__).resolve().parents[1]
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or os.environ.get("MSCA_GIT_SHA") or None
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("MSCA_GIT_SHA") or None
+        sha = ""
+    return sha or os.environ.get("MSCA_GIT_SHA") or None
 
 
 def has_trained(home: RunHome) -> bool:
@@ -64,7 +70,7 @@ def has_trained(home: RunHome) -> bool:
     that never committed a step (e.g. its first launch failed at start-up) can be relaunched corrected."""
     if home.store.exists("model.pt") or home.store.exists("results.json"):
         return True
-    return any(key.endswith("/" + MANIFEST) for key in home.store.list("checkpoints/"))
+    return bool(CheckpointManager(None, home).committed_steps())
 
 
 def splits_for(cfg: DictConfig) -> list[str]:

@@ -26,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from omegaconf import DictConfig, OmegaConf
+
 from msca.cluster import Handle, JobSpec
 from msca.preemption import EXIT_STOPPED, StopRequested
 
@@ -122,6 +124,12 @@ FORWARDED = ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "
              "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S")
 
 
+def user_runtime_env(cluster) -> dict:
+    """cluster.runtime_env as plain containers (Ray serialises it)."""
+    env = cluster.runtime_env
+    return OmegaConf.to_container(env, resolve=True) if isinstance(env, DictConfig) else dict(env or {})
+
+
 def forwarded_env_vars(env_vars) -> dict:
     """The user's env_vars plus this shell's store credentials and msca timeouts, unless set there."""
     out = {str(k): str(v) for k, v in dict(env_vars or {}).items()}
@@ -142,7 +150,7 @@ def worker_runtime_env(cluster) -> dict:
     from msca.cluster.ray_jobs import job_runtime_env
 
     job = job_runtime_env()
-    env = dict(cluster.runtime_env or {})
+    env = user_runtime_env(cluster)
     env_vars = forwarded_env_vars(env.get("env_vars"))
     if cluster.address and not job.get("working_dir"):
         env.setdefault("working_dir", str(REPO))
@@ -223,7 +231,7 @@ def raise_stop(signum, _frame):
     raise StopSignal(signum)
 
 
-def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
+def fit(trainer, job_key: str, max_failures: int, stop_grace_s: float = 300.0):
     """trainer.fit() in a thread, so Ctrl-C or SIGTERM here becomes a stop request to the workers (they commit
     a checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
     import signal
@@ -236,7 +244,7 @@ def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
 
     def run():
         try:
-            box.update(_fit(trainer))
+            box.update(_fit(trainer, max_failures))
         finally:
             done.set()
 
@@ -253,11 +261,12 @@ def fit(trainer, job_key: str, stop_grace_s: float = 300.0):
     return box.get("result"), box.get("error")
 
 
-def _fit(trainer) -> dict:
+def _fit(trainer, max_failures: int) -> dict:
     try:
         return {"result": trainer.fit()}
     except Exception as err:  # noqa: BLE001 - TrainingFailedError and friends: reported, not raised
-        return {"error": failure_summary(err)}
+        return {"error": f"{failure_summary(err)}; the {max_failures} worker-group restart(s) of "
+                         f"cluster.max_failures={max_failures} used up"}
 
 
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
@@ -329,15 +338,13 @@ class RayBackend:
             where = cluster.address or f"a private local Ray ({ray.get_runtime_context().gcs_address})"
             print(f"[ray] connected to {where} in {time.time() - t0:.1f}s; job {job_key}: {cluster.num_workers} "
                   f"worker(s), max_failures={cluster.max_failures}", flush=True)
-            result, error = fit(trainer_for(spec, cluster, job_key), job_key)
+            result, error = fit(trainer_for(spec, cluster, job_key), job_key, cluster.max_failures)
         finally:
             clear_stop(job_key)
             ray.shutdown()
         desc = f"job {job_key} ({cluster.num_workers} worker(s)) on {where}"
         if error:
-            return Handle(self.name, desc, returncode=EXIT_FAILED,
-                          error=f"{error}; the {cluster.max_failures} worker-group restart(s) of "
-                                f"cluster.max_failures={cluster.max_failures} used up")
+            return Handle(self.name, desc, returncode=EXIT_FAILED, error=error)
         outcome = result.return_value or {}
         status = outcome.get("status")
         if status == "stopped":

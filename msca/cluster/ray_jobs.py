@@ -23,9 +23,9 @@ import time
 import urllib.error
 import urllib.request
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from msca.cluster.ray import REPO, forwarded_env_vars
+from msca.cluster.ray import EXIT_FAILED, REPO, forwarded_env_vars, user_runtime_env
 from msca.preemption import EXIT_STOPPED
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a Jobs API entrypoint: the job's runtime_env
@@ -33,7 +33,6 @@ PINNED = ("cluster", "cluster.address", "cluster.wait", "run.name")  # what the 
 PROBE_TIMEOUT_S = 10.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOST_CONTACT_S = 120.0  # following a job: how long the Jobs API may stay silent before launch.py gives up
-EXIT_FAILED = 1
 
 
 def is_jobs_address(address: str) -> bool:
@@ -56,11 +55,10 @@ def check_paths(cfg: DictConfig) -> None:
     node: refuse it, naming the key."""
     if not in_uploaded_copy():
         return
-    from msca.storage import is_remote
+    from msca.launcher import local_paths
 
-    for key in ("store.root", "data.root", "model.pretrained"):
-        value = OmegaConf.select(cfg, key)
-        if value and not is_remote(value) and not os.path.isabs(os.path.expanduser(value)):
+    for key, value in local_paths(cfg):
+        if not os.path.isabs(os.path.expanduser(value)):
             raise ValueError(f"{key}={value!r} is relative, and this launch.py runs in Ray's temporary copy of the "
                              f"code on the head node: set {key} to a path every node sees or s3://... (on the "
                              f"command line, or MSCA_STORE_ROOT / MSCA_DATA_ROOT in the cluster's environment)")
@@ -76,8 +74,7 @@ def entrypoint(overrides: list[str], run_name: str) -> str:
 def submission_runtime_env(cluster) -> dict:
     """The user's runtime_env, plus this checkout as the working_dir (unless one is given) and the store
     credentials of this shell; every worker of the job inherits it."""
-    env = OmegaConf.to_container(cluster.runtime_env, resolve=True) if isinstance(
-        cluster.runtime_env, DictConfig) else dict(cluster.runtime_env or {})
+    env = user_runtime_env(cluster)
     env.setdefault("working_dir", str(REPO))
     env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
     from msca.launcher import git_sha  # launch.json on the head records where the run was launched from
@@ -144,16 +141,13 @@ class LogTail:
         sys.stdout.flush()
 
 
-def job_info(address: str, job_id: str, since: list) -> dict | None:
-    """The job's details (status, message, driver_exit_code); None while the head does not answer, for at most
-    LOST_CONTACT_S in a row (`since` holds when the silence began)."""
+def job_info(address: str, job_id: str, answered_at: float) -> dict | None:
+    """The job's details (status, message, driver_exit_code); None while the head does not answer, until
+    LOST_CONTACT_S after its last answer (at `answered_at`)."""
     try:
-        info = call(address, f"/api/jobs/{job_id}")
-        since.clear()
-        return info
+        return call(address, f"/api/jobs/{job_id}")
     except (OSError, ValueError) as err:  # the head is restarting or unreachable
-        since[:] = since or [time.time()]
-        if time.time() - since[0] > LOST_CONTACT_S:
+        if time.time() - answered_at > LOST_CONTACT_S:
             raise ConnectionError(f"cluster.address={address}: no answer about job {job_id} for {LOST_CONTACT_S:.0f}s "
                                   f"({type(err).__name__}); it may still run: ray job status --address {address} "
                                   f"{job_id}") from None
@@ -164,12 +158,14 @@ def follow(client, job_id: str, address: str, poll_s: float = 1.0) -> dict | Non
     """Wait for the job's end while its log streams; Ctrl-C asks it to stop with a checkpoint, a second
     Ctrl-C leaves it running. Returns its details, or None when left running."""
     log = LogTail(client, job_id)
-    stopping, silent_since = False, []
+    stopping, answered_at = False, time.time()
     while True:
         try:
-            info = job_info(address, job_id, silent_since)
-            if info and info.get("status") in TERMINAL:
-                break
+            info = job_info(address, job_id, answered_at)
+            if info:
+                answered_at = time.time()
+                if info.get("status") in TERMINAL:
+                    break
             time.sleep(poll_s)
         except KeyboardInterrupt:
             if stopping:
