@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from launch_helpers import REPO, metrics, run_launch, small_overrides, start_launch
+from msca.attempts import read_attempts
+from msca.storage import open_store
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch
 EPOCHS = 12
@@ -90,36 +92,58 @@ def wait_step(store, name, step: int, proc, timeout: float = 240) -> int:
     raise TimeoutError(f"run {name} did not reach step {step} (launcher exit {proc.poll()})")
 
 
-def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray_cluster):
-    tmp, ref = reference
-    overrides = small_overrides(tmp, tmp / "data", "kill") + COMMON + on_ray(ray_cluster)
-    proc = start_launch(overrides, wrap=ray_cluster.on_head(), merged=True)
+def launch_with_fault(overrides: list[str], store, name: str, at_step: int, fault, wrap=(), timeout: int = 400):
+    """launch.py in the background; once run `name` has logged step `at_step` in `store`, `fault(proc)` runs (a
+    kill, a signal); then the launcher is awaited. Returns (exit code, merged output, what fault returned)."""
+    proc = start_launch(overrides, wrap=wrap, merged=True)
     try:
-        wait_step(tmp / "store", "kill", 8, proc)
-        victims = ray_cluster.train_workers("node2")
-        assert len(victims) == 1, victims
-        t_kill = time.time()
-        os.kill(victims[0], 9)
-        out, _ = proc.communicate(timeout=400)
+        wait_step(store, name, at_step, proc)
+        done = fault(proc)
+        out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, out[-6000:]
-    home = tmp / "store" / "runs" / "kill"
-    resumed = [int(s) for s in re.findall(r"resumed from \S+/step_(\d+) \(step \d+\)", out)]
-    assert len(resumed) == 1 and 3 <= resumed[0] < TOTAL, out[-6000:]
-    assert out.count("Started training worker group of size 2") == 2  # the first group and its restart
-    steps = train_steps(metrics(tmp / "store", "kill"))
-    assert steps[-1] == TOTAL and sorted(set(steps)) == list(range(1, TOTAL + 1))
-    assert_same_weights(ref, weights(home))
-    if (REPO / "msca" / "attempts.py").exists():  # issue 8's ledger: one Ray job, two attempts of it
-        from msca.attempts import read_attempts
-        from msca.storage import open_store
+    return proc.returncode, out, done
 
-        attempts = read_attempts(open_store(str(home)))
-        assert [a.backend for a in attempts] == ["ray", "ray"] and attempts[0].job_key == attempts[1].job_key
-        assert attempts[1].restored_step == resumed[0] and attempts[1].end_reason == "finished"
-    print(f"kill -9 of node2's worker -> restart -> resumed from step {resumed[0]} -> done "
+
+def ctrl_c(proc) -> float:
+    """What Ctrl-C does to the launcher; returns when."""
+    proc.send_signal(signal.SIGINT)
+    return time.time()
+
+
+def kill_node2_worker(cluster) -> int:
+    victims = cluster.train_workers("node2")
+    assert len(victims) == 1, victims
+    os.kill(victims[0], 9)
+    return victims[0]
+
+
+def assert_resumed_exactly(out: str, store, name: str, ref, first_ok: int) -> int:
+    """One restart of the group, resumed from a committed step >= first_ok; every step logged once; the final
+    weights bit-identical to the uninterrupted run's. Returns the step it resumed from."""
+    resumed = [int(s) for s in re.findall(r"resumed from \S+/step_(\d+) \(step \d+\)", out)]
+    assert len(resumed) == 1 and first_ok <= resumed[0] < TOTAL, out[-6000:]
+    assert out.count("Started training worker group of size 2") == 2  # the first group and its restart
+    steps = train_steps(metrics(store, name))
+    assert steps[-1] == TOTAL and sorted(set(steps)) == list(range(1, TOTAL + 1))
+    assert_same_weights(ref, weights(store / "runs" / name))
+    return resumed[0]
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray_cluster):
+    tmp, ref = reference
+    overrides = small_overrides(tmp, tmp / "data", "kill") + COMMON + on_ray(ray_cluster)
+    code, out, (t_kill, _) = launch_with_fault(overrides, tmp / "store", "kill", 8,
+                                               lambda _: (time.time(), kill_node2_worker(ray_cluster)),
+                                               wrap=ray_cluster.on_head())
+    assert code == 0, out[-6000:]
+    home = tmp / "store" / "runs" / "kill"
+    resumed = assert_resumed_exactly(out, tmp / "store", "kill", ref, 3)
+    attempts = read_attempts(open_store(str(home)))  # the ledger: one Ray job, two attempts of it
+    assert [a.backend for a in attempts] == ["ray", "ray"] and attempts[0].job_key == attempts[1].job_key
+    assert attempts[1].restored_step == resumed and attempts[1].end_reason == "finished"
+    print(f"kill -9 of node2's worker -> restart -> resumed from step {resumed} -> done "
           f"{time.time() - t_kill:.1f}s after the kill")
 
 
@@ -128,25 +152,19 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_exactly(reference, ray_clus
     with an empty local disk joins: Ray restarts the group on it, which resumes from the newest committed step
     and ends bit-identical to the uninterrupted run, each step recorded once."""
     tmp, ref = reference
-    proc = start_launch(small_overrides(tmp, tmp / "data", "nodeloss") + COMMON + on_ray(ray_cluster),
-                        wrap=ray_cluster.on_head(), merged=True)
-    try:
-        wait_step(tmp / "store", "nodeloss", 8, proc)
+
+    def lose_node2(_proc):
         t_loss = time.time()
         ray_cluster.kill_node2()
         ray_cluster.start_node2()
-        out, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-6000:]
-    resumed = [int(s) for s in re.findall(r"resumed from \S+/step_(\d+) \(step \d+\)", out)]
-    assert len(resumed) == 1 and 6 <= resumed[0] < TOTAL, out[-6000:]
-    assert out.count("Started training worker group of size 2") == 2
-    steps = train_steps(metrics(tmp / "store", "nodeloss"))
-    assert steps[-1] == TOTAL and sorted(set(steps)) == list(range(1, TOTAL + 1))
-    assert_same_weights(ref, weights(tmp / "store" / "runs" / "nodeloss"))
-    print(f"node2 lost and replaced -> resumed from step {resumed[0]} -> done {time.time() - t_loss:.1f}s after")
+        return t_loss
+
+    code, out, t_loss = launch_with_fault(small_overrides(tmp, tmp / "data", "nodeloss") + COMMON
+                                          + on_ray(ray_cluster), tmp / "store", "nodeloss", 8, lose_node2,
+                                          wrap=ray_cluster.on_head())
+    assert code == 0, out[-6000:]
+    resumed = assert_resumed_exactly(out, tmp / "store", "nodeloss", ref, 6)
+    print(f"node2 lost and replaced -> resumed from step {resumed} -> done {time.time() - t_loss:.1f}s after")
 
 
 def test_a_killed_worker_with_no_restart_left_fails_in_one_line_naming_it(reference, ray_cluster):
@@ -154,21 +172,13 @@ def test_a_killed_worker_with_no_restart_left_fails_in_one_line_naming_it(refere
     instead of Ray's multi-line report, and says from which committed step the same command resumes."""
     tmp, _ = reference
     ray = [o for o in on_ray(ray_cluster) if not o.startswith("cluster.max_failures=")] + ["cluster.max_failures=0"]
-    proc = start_launch(small_overrides(tmp, tmp / "data", "norestart") + COMMON + ray, wrap=ray_cluster.on_head(),
-                        merged=True)
-    try:
-        wait_step(tmp / "store", "norestart", 4, proc)
-        victims = ray_cluster.train_workers("node2")
-        assert len(victims) == 1, victims
-        os.kill(victims[0], 9)
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, out[-5000:]
+    code, out, victim = launch_with_fault(small_overrides(tmp, tmp / "data", "norestart") + COMMON + ray,
+                                          tmp / "store", "norestart", 4, lambda _: kill_node2_worker(ray_cluster),
+                                          wrap=ray_cluster.on_head(), timeout=240)
+    assert code == 1, out[-5000:]
     failed = [line for line in out.splitlines() if line.startswith("run norestart failed (exit 1): ")]
     assert len(failed) == 1, out[-5000:]
-    assert re.search(rf"rank \d on node2 \(pid {victims[0]}\): its process died", failed[0]), failed[0]
+    assert re.search(rf"rank \d on node2 \(pid {victim}\): its process died", failed[0]), failed[0]
     assert "cluster.max_failures=0 used up" in failed[0]
     assert re.search(r"the same command then resumes it from step (\d+), its newest committed checkpoint", out)
     assert out.count("Started training worker group of size 2") == 1  # no restart
@@ -179,16 +189,9 @@ def test_ctrl_c_stops_the_workers_with_a_checkpoint_and_a_local_relaunch_finishe
     workers through Ray's KV store, they commit a checkpoint at the next step and the launcher exits 3."""
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "stop") + COMMON + on_ray(ray_cluster)
-    proc = start_launch(overrides, wrap=ray_cluster.on_head(), merged=True)
-    try:
-        wait_step(tmp / "store", "stop", 5, proc)
-        t_signal = time.time()
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does to the launcher
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, out[-6000:]
+    code, out, t_signal = launch_with_fault(overrides, tmp / "store", "stop", 5, ctrl_c, wrap=ray_cluster.on_head(),
+                                            timeout=240)
+    assert code == 3, out[-6000:]
     stop = int(re.search(r"stop requested \(SIGINT\): saving step (\d+)", out).group(1))
     assert 5 <= stop < TOTAL
     home = tmp / "store" / "runs" / "stop"
@@ -236,11 +239,6 @@ def test_a_run_moves_between_backends_through_s3(reference, ray_cluster, ray_s3,
     launches = json.loads(store.read_text("launch.json"))
     assert [entry["backend"] for entry in launches] == [first, second]
     steps = train_steps(json.loads(line) for line in store.read_text("metrics.jsonl").splitlines())
-    if not (REPO / "msca" / "attempts.py").exists():  # a build before issue 8 (run state in the store) rebuilds
-        assert steps[-(TOTAL - 10):] == list(range(11, TOTAL + 1))  # the history from the finishing machine's cache
-        return
-    from msca.attempts import read_attempts
-
     assert steps == list(range(1, TOTAL + 1))  # continuous across machines: every step exactly once
     assert [a.backend for a in read_attempts(store)] == [first, second]
 
@@ -307,15 +305,8 @@ def test_jobs_api_follows_the_log_and_ctrl_c_stops_the_job_with_a_checkpoint(ref
     the workers commit a checkpoint, the job ends STOPPED and launch.py exits 3; the same command resumes it."""
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "jobstop") + COMMON + jobs_api(ray_cluster)
-    proc = start_launch(overrides, merged=True)
-    try:
-        wait_step(tmp / "store", "jobstop", 5, proc)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, out[-6000:]
+    code, out, _ = launch_with_fault(overrides, tmp / "store", "jobstop", 5, ctrl_c, timeout=240)
+    assert code == 3, out[-6000:]
     assert "Started training worker group of size 2" in out  # the workers' lines came through the job's log
     stop = int(re.search(r"stop requested \(SIGTERM\): saving step (\d+)", out).group(1))
     assert 5 <= stop < TOTAL
