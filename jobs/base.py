@@ -6,6 +6,7 @@ import os
 import socket
 
 from msca import dist, preemption
+from msca.precision import check_precision
 from msca.run_home import RunHome
 
 
@@ -32,3 +33,11 @@ class Job:
                  ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), os.environ.get("MASTER_ADDR", "-"),
                  os.environ.get("MASTER_PORT", "-"))  # ours, or Ray Train's (it made the group)
         return RunHome(self.run_uri, self.endpoint_url)
+
+    @staticmethod
+    def config(home: RunHome):
+        """The run's config, refused before anything is written when this rank's devices cannot run its
+        precision (the launcher checks only where the ranks run on its own machine)."""
+        cfg = home.config()
+        check_precision(cfg.deepspeed.precision, cfg.deepspeed.zero_stage)
+        return cfg

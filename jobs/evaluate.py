@@ -13,7 +13,8 @@ from msca.data import build_dataset
 from msca.metrics import read_metrics
 from msca.preemption import EvaluationInterrupted, StopRequested
 from msca.run_home import RunHome
-from msca.train import DTYPES, build_model, evaluate_dataset
+from msca.precision import DTYPES
+from msca.train import build_model, evaluate_dataset
 
 from jobs.base import Job
 
@@ -61,4 +62,4 @@ class Evaluate(Job):
 
     def __call__(self) -> dict:
         home = self.start()
-        return evaluate_run(home.config(), home)
+        return evaluate_run(self.config(home), home)

@@ -25,7 +25,7 @@ class Train(Job):
 
     def __call__(self) -> dict:
         home = self.start()
-        cfg = home.config()
+        cfg = self.config(home)
         session = agreed(lambda: RunSession.open(home, self.hosts, dist.world_size()) if dist.is_main() else None,
                          "taking the run's lease")
         try:

@@ -20,6 +20,7 @@ from msca.cluster import JobSpec, get_backend
 from msca.config import identity, validate
 from msca.data import check_data
 from msca.lease import live_holder
+from msca.precision import check_precision
 from msca.preemption import EXIT_KILLED, EXIT_STOPPED
 from msca.report import comparison_table, load_results
 from msca.run_home import RunHome, run_uri
@@ -125,6 +126,8 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
         backend.check_paths(cfg)  # before relative paths are taken as relative to here
     absolutize(cfg)
     validate(cfg)
+    if ranks_run_here(cfg):  # elsewhere (SLURM, a Ray cluster) each rank checks its own devices at start
+        check_precision(cfg.deepspeed.precision, cfg.deepspeed.zero_stage)
     uri = run_uri(cfg.store.root, cfg.run.name)
     spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
                    log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)
@@ -166,6 +169,11 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
         print(f"test top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
               f"({results['num_videos']} videos, {results['views']} views) -> {home.store.url('results.json')}")
     return 0
+
+
+def ranks_run_here(cfg: DictConfig) -> bool:
+    """The ranks run on this machine's devices: the local backend, or a private Ray started here."""
+    return cfg.cluster.backend == "local" or (cfg.cluster.backend == "ray" and not cfg.cluster.address)
 
 
 def newest_commit(home: RunHome) -> str:

@@ -26,6 +26,7 @@ from msca.evaluate import gather, padded_shard, predict, summarize
 from msca.metrics import MetricsLogger
 from msca.model import create_model, load_pretrained
 from msca.optim import build_optimizer, build_scheduler, deepspeed_config
+from msca.precision import DTYPES
 from msca.preemption import EvaluationInterrupted, StopRequested
 from msca.preemption import install as install_stop_flag
 from msca.run_home import RunHome
@@ -33,9 +34,6 @@ from msca.session import RunSession
 from msca.storage import open_store
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class TrainState:

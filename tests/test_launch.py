@@ -253,3 +253,25 @@ def test_zero3_evaluation_with_unequal_shards_finishes(tmp_path):
     weights = torch.load(home / "model.pt", weights_only=True)  # gathered from the partitions, fp32 masters
     assert weights["pos_embed"].shape == (1, 1 + 4 * 4, 32)
     assert any(torch.any(v != v.bfloat16().float()) for v in weights.values())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_precision_is_refused_at_launch_where_the_cpu_cannot_run_it(tmp_path, data_root, precision):
+    """Asked the way DeepSpeed asks (its accelerator): where this CPU runs the precision, a short 2-rank run
+    trains in it; where it cannot, launch.py refuses in one line naming the option, before anything is written
+    (DeepSpeed itself would refuse only inside a started rank)."""
+    from msca.precision import precision_problem
+
+    overrides = small_overrides(tmp_path, data_root, f"p-{precision}") + [
+        f"deepspeed=zero2_{precision}", "cluster.procs_per_node=2", "train.max_steps=2", "train.val_every=0",
+        "eval.at_end=false"]
+    proc = run_launch(overrides, timeout=180)
+    problem = precision_problem(precision, 2)
+    if problem is None:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        steps = [m["step"] for m in metrics(tmp_path / "store", f"p-{precision}") if m["kind"] == "train"]
+        assert steps == [1, 2]
+    else:
+        assert_one_line_error(proc, f"deepspeed.precision={precision} cannot run on this CPU")
+        assert "use deepspeed=zero2" in proc.stderr
+        assert not (tmp_path / "store").exists()

@@ -53,6 +53,7 @@ def test_silent_endpoint_fails_in_bounded_time_with_one_line():
         listener.close()
     msg = str(err.value)
     assert f"127.0.0.1:{port}" in msg and "did not answer" in msg and "\n" not in msg
-    # the deadline counts from the operation's start (the lean GET included), plus one read timeout in flight
-    assert 4.0 <= elapsed < 4.0 + 1.0 + 1.5
+    # the deadline counts from the operation's start (the lean GET included), plus one read timeout in flight;
+    # the slack is for a loaded 2-core machine (the whole suite runs beside this test), not for the product
+    assert 4.0 <= elapsed < 4.0 + 1.0 + 4.0
     assert RETRY_S + 20 <= 90  # defaults (60 s deadline, 20 s read timeout): reported within 90 s
