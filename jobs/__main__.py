@@ -9,9 +9,11 @@ for _sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
     signal.signal(_sig, lambda signum, frame: _early_signals.append(signum))
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 
 from msca import failure, preemption  # noqa: E402
 from msca.preemption import EXIT_STOPPED, StopRequested  # noqa: E402
@@ -20,6 +22,7 @@ from jobs import JOBS  # noqa: E402
 
 
 EXIT_FAILED = 1  # an expected failure (store, credentials, data, lease, a value): one line in the log
+EXIT_BUG = 1  # anything else: the traceback is in the log
 
 
 def main() -> None:
@@ -30,31 +33,42 @@ def main() -> None:
     args = parser.parse_args()
     log = logging.getLogger("jobs")
     preemption.install(pending=_early_signals[0] if _early_signals else 0)
+    if os.environ.get(failure.FAULT_ENV) == f"teardown@{os.environ.get('RANK', '0')}":
+        atexit.register(os.abort)  # fault test: an interpreter teardown that aborts must not fail a clean run
+    code = EXIT_BUG
     try:
         JOBS[args.job](args.run_uri, args.endpoint_url)()
+        code = 0
     except StopRequested as stop:
         log.warning("%s", stop)
-        sys.exit(EXIT_STOPPED)
+        code = EXIT_STOPPED
     except Exception as err:  # noqa: BLE001 - recorded for the launcher; expected ones without a traceback
         failure.record(err)
-        if not (failure.is_expected(err) or failure.is_collateral(err)):  # a bug: keep the traceback
-            raise
-        log.error("%s", failure.one_line(err))
-        sys.exit(EXIT_FAILED)
+        if failure.is_expected(err) or failure.is_collateral(err):
+            log.error("%s", failure.one_line(err))
+            code = EXIT_FAILED
+        else:  # a bug: keep the traceback
+            traceback.print_exc()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else EXIT_BUG
     finally:
-        shutdown_process_group()
+        end(code)
 
 
-def shutdown_process_group() -> None:
-    """Tear the process group down before the interpreter does: gloo's threads destroyed during interpreter
-    teardown abort the process ("terminate called without an active exception") after a clean run."""
-    import torch.distributed as dist
+def end(code: int) -> None:
+    """Leave without the interpreter's finalisation. The work is committed (or the failure recorded) by now;
+    what is left are library threads (gloo's, the TCPStore server, DeepSpeed's, boto3's pools) whose teardown
+    order at interpreter exit is not ours, and which has aborted clean runs ("terminate called without an
+    active exception", exit -6) after their last commit. So: release the process groups in order, record how
+    this rank ended for the launcher, flush, and exit now."""
+    from msca import dist
 
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
+    dist.shutdown()
+    failure.record_end(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

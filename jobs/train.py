@@ -44,6 +44,12 @@ class Train(Job):
 
     def train(self, cfg, home, session) -> dict:
         trainer = Trainer(cfg, home, session)
+        try:
+            return self.fit_and_test(trainer, cfg, home)
+        finally:
+            trainer.close()
+
+    def fit_and_test(self, trainer, cfg, home) -> dict:
         state = trainer.fit()
         weights = trainer.final_weights()
 

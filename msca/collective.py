@@ -11,11 +11,12 @@ import logging
 import os
 
 from msca import dist
+from msca.failure import FAULT_ENV
 
 log = logging.getLogger(__name__)
 
-# Fault tests: "<section prefix>@<rank>" makes that section raise on that rank (real processes, real collectives).
-FAULT_ENV = "MSCA_FAULT_INJECT"
+# Fault tests: FAULT_ENV="<section prefix>@<rank>" makes that section raise on that rank (real processes, real
+# collectives).
 
 
 class CollectiveError(RuntimeError):

@@ -118,6 +118,33 @@ def init_distributed(timeout_s: int | None = None) -> None:
     )
 
 
+def shutdown() -> None:
+    """Destroy every process group before the process exits, DeepSpeed's references to them first.
+
+    `destroy_process_group` only unregisters the groups: gloo's threads (pt_gloo_runloop, gloo_tcp_loop) and
+    rank 0's TCPStore server live until the last reference to a group goes, and DeepSpeed keeps some in module
+    globals (its world group) and in every engine (call `engine.destroy()` and drop the engine first). Left
+    alone they are torn down by the interpreter's own finalisation, in no particular order."""
+    import gc
+
+    try:
+        from deepspeed.utils import groups
+        import deepspeed.comm.comm as ds_comm
+
+        groups._WORLD_GROUP = None
+        if ds_comm.cdb is not None:
+            ds_comm.cdb.world_group = None
+            ds_comm.cdb.process_groups = []
+    except (ImportError, AttributeError):  # another DeepSpeed layout: its groups die with the process
+        pass
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out; the process ends next
+            pass
+    gc.collect()
+
+
 def local_device(local_rank: int, visible: int) -> int:
     """The GPU of this rank: its local rank when the task sees all of the node's GPUs (--gpus-per-node), or the
     only one it sees when the scheduler binds one GPU per task (--gpus-per-task=1, CUDA_VISIBLE_DEVICES=<one>)."""

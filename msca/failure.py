@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 ERROR_DIR_ENV = "MSCA_ERROR_DIR"
+FAULT_ENV = "MSCA_FAULT_INJECT"  # fault tests: "<what>@<rank>" (msca.collective, jobs/__main__)
 
 
 def expected_errors() -> tuple:
@@ -70,9 +71,31 @@ def is_collateral(err: BaseException) -> bool:
         "connection closed by peer", "connection reset by peer", "broken pipe", "socket closed"))
 
 
+def record_end(code: int) -> None:
+    """Write how this rank's job ended (its exit code) into the backend's log folder, last thing before the
+    process exits: the launcher believes this record over an exit status that the process's teardown may
+    still spoil (a signal after the run's work was committed)."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return
+    try:
+        (Path(folder) / f"rank{os.environ.get('RANK', '0')}.end.json").write_text(json.dumps({"code": code}))
+    except OSError:
+        pass  # the folder is gone: the exit status stands
+
+
+def recorded_end(folder: str | Path, rank: int) -> int | None:
+    """The exit code rank `rank` recorded for its job in this launch, or None."""
+    try:
+        return int(json.loads((Path(folder) / f"rank{rank}.end.json").read_text())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def clear(folder: str | Path) -> None:
-    for f in Path(folder).glob("rank*.error.json"):
-        f.unlink(missing_ok=True)
+    for pattern in ("rank*.error.json", "rank*.end.json"):
+        for f in Path(folder).glob(pattern):
+            f.unlink(missing_ok=True)
 
 
 def first_failure(folder: str | Path) -> str | None:

@@ -277,6 +277,13 @@ class Trainer:
 
         return fp32_state_dict(self.engine)
 
+    def close(self) -> None:
+        """Let go of the engine: its hooks hold the optimizer and its process groups, which would otherwise
+        live (with gloo's threads) until the interpreter tears them down (msca.dist.shutdown)."""
+        if self.engine is not None:
+            self.engine.destroy()
+        self.engine = self.optimizer = self.scheduler = self.ckpt.engine = None
+
 
 def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype, stop=None) -> dict:
     """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one

@@ -151,3 +151,36 @@ def test_a_stop_interrupts_an_evaluation_between_batches():
     with pytest.raises(EvaluationInterrupted):
         predict(forward, batches, torch.device("cpu"), stop=lambda: next(asked))
     assert len(seen) == 2  # stopped before the third batch
+
+
+def test_a_rank_whose_interpreter_teardown_aborts_still_ends_a_clean_run(tmp_path):
+    """Clean 2-rank runs have died after their last commit with "terminate called without an active exception"
+    (exit -6) in the interpreter's teardown, and were reported failed. A rank now releases its process groups in
+    order, records how its job ended and exits without that teardown; this rank 1 would abort in it."""
+    overrides = small_overrides(tmp_path, tmp_path / "data", "teardown") + COMMON + ["train.max_steps=3"]
+    proc = run_launch(overrides, env={"MSCA_FAULT_INJECT": "teardown@1"}, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "failed" not in out and "warning: rank" not in out  # the teardown never ran: nothing to forgive
+    home = tmp_path / "store" / "runs" / "teardown"
+    assert (home / "model.pt").exists()
+    assert [json.loads((home / "logs" / f"rank{r}.end.json").read_text()) for r in (0, 1)] == [{"code": 0}] * 2
+
+
+def test_a_signal_after_a_recorded_clean_end_is_not_a_failure(tmp_path):
+    """Whatever still kills a rank after it recorded a clean end (a library's teardown, a late signal) does not
+    fail the launch, and the other ranks are not stopped: rank 0 may still be writing its last records."""
+    from msca.cluster.local import poll_until_done
+
+    ends_then_aborts = ("import json, os, sys; open(sys.argv[1], 'w').write(json.dumps({'code': 0})); "
+                        "os.abort()")
+    still_writing = "import time; time.sleep(3)"
+    procs = [subprocess.Popen([sys.executable, "-c", still_writing]),
+             subprocess.Popen([sys.executable, "-c", ends_then_aborts, str(tmp_path / "rank1.end.json")])]
+    assert poll_until_done(procs, deadline=time.time() + 60, log_dir=tmp_path) == 0
+    assert procs[0].returncode == 0  # not terminated by the launcher
+
+    no_record = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert poll_until_done([sleeper, no_record], deadline=time.time() + 60, log_dir=tmp_path / "none") == -6
+    assert sleeper.returncode is not None  # a real failure still stops the others

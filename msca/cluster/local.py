@@ -62,7 +62,7 @@ class LocalBackend:
         if not cluster.foreground:
             return Handle(self.name, desc)
         try:
-            code = wait_all(procs)
+            code = wait_all(procs, log_dir=log_dir)
         finally:
             for f in logs:
                 f.close()
@@ -70,13 +70,13 @@ class LocalBackend:
         return Handle(self.name, desc, returncode=code, error=error)
 
 
-def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = 300.0) -> int:
+def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = 300.0, log_dir: Path | None = None) -> int:
     """Wait for every rank; if one fails, stop the others (a lone survivor would hang in a collective).
 
     On Ctrl-C the ranks are asked to stop (SIGTERM): they save a checkpoint at the next step and exit with
     EXIT_STOPPED, so we wait for that; a second Ctrl-C (or the grace period) stops them hard."""
     try:
-        return poll_until_done(procs)
+        return poll_until_done(procs, log_dir=log_dir)
     except KeyboardInterrupt:
         print(f"stopping: the ranks save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to kill)",
               file=sys.stderr, flush=True)
@@ -84,16 +84,18 @@ def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = 300.0) -> int:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         try:
-            return poll_until_done(procs, deadline=time.time() + stop_grace_s)
+            return poll_until_done(procs, deadline=time.time() + stop_grace_s, log_dir=log_dir)
         except KeyboardInterrupt:
             terminate(procs, grace_s=0)
             raise
 
 
-def poll_until_done(procs: list[subprocess.Popen], deadline: float | None = None) -> int:
-    """0 when all ranks succeed; else the first non-zero exit code (the others are stopped)."""
+def poll_until_done(procs: list[subprocess.Popen], deadline: float | None = None, log_dir: Path | None = None) -> int:
+    """0 when all ranks succeed; else the first non-zero exit code (the others are stopped). A rank that
+    recorded how its job ended (msca.failure.record_end) is judged by that record, not by a signal that hit
+    the process after it (its work is committed: stopping the others then would cut rank 0's last writes)."""
     while deadline is None or time.time() < deadline:
-        codes = [p.poll() for p in procs]
+        codes = [ended_code(p, r, log_dir) for r, p in enumerate(procs)]
         failed = [c for c in codes if c not in (None, 0)]
         if failed and (failed[0] != EXIT_STOPPED or all(c is not None for c in codes)):
             terminate(procs)
@@ -103,6 +105,19 @@ def poll_until_done(procs: list[subprocess.Popen], deadline: float | None = None
         time.sleep(0.2)
     terminate(procs)  # the grace period is over: no stop checkpoint was committed by these ranks
     return EXIT_KILLED
+
+
+def ended_code(proc: subprocess.Popen, rank: int, log_dir: Path | None) -> int | None:
+    code = proc.poll()
+    if code is None or code == 0 or log_dir is None:
+        return code
+    recorded = failure.recorded_end(log_dir, rank)
+    if recorded is not None and recorded != code:
+        print(f"warning: rank {rank} ended its job with exit {recorded}, then its process exited with {code} "
+              f"while shutting down; counted as {recorded}", file=sys.stderr, flush=True)
+        proc.returncode = recorded  # warn once
+        return recorded
+    return code
 
 
 def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:

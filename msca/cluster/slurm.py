@@ -41,6 +41,9 @@ class SlurmJob:
             # shuts down (finalisation resets Python-level handlers to SIG_DFL, which kills; SIG_IGN stays).
             for sig in (signal.SIGUSR2, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+            from msca import dist
+
+            dist.shutdown()  # the process groups go now, in order, not in the interpreter's teardown
             return result
         except StopRequested as stop:
             requeue_after_stop(stop, self.max_requeues)
