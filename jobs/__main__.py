@@ -15,14 +15,10 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from msca import failure, preemption  # noqa: E402
-from msca.preemption import EXIT_STOPPED, StopRequested  # noqa: E402
-
 from jobs import JOBS  # noqa: E402
-
-
-EXIT_FAILED = 1  # an expected failure (store, credentials, data, lease, a value): one line in the log
-EXIT_BUG = 1  # anything else: the traceback is in the log
+from msca.runtime import failure, preemption  # noqa: E402
+from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED, is_user_error  # noqa: E402
+from msca.runtime.preemption import StopRequested  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +31,7 @@ def main() -> None:
     preemption.install(pending=_early_signals[0] if _early_signals else 0)
     if os.environ.get(failure.FAULT_ENV) == f"teardown@{os.environ.get('RANK', '0')}":
         atexit.register(os.abort)  # fault test: an interpreter teardown that aborts must not fail a clean run
-    code = EXIT_BUG
+    code = EXIT_FAILED
     try:
         JOBS[args.job](args.run_uri, args.endpoint_url)()
         code = 0
@@ -44,13 +40,13 @@ def main() -> None:
         code = EXIT_STOPPED
     except Exception as err:  # noqa: BLE001 - recorded for the launcher; expected ones without a traceback
         failure.record(err)
-        if failure.is_expected(err) or failure.is_collateral(err):
+        if is_user_error(err) or failure.is_collateral(err):
             log.error("%s", failure.one_line(err))
             code = EXIT_FAILED
         else:  # a bug: keep the traceback
             traceback.print_exc()
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else EXIT_BUG
+        code = exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
     finally:
         end(code)
 
@@ -61,7 +57,7 @@ def end(code: int) -> None:
     order at interpreter exit is not ours, and which has aborted clean runs ("terminate called without an
     active exception", exit -6) after their last commit. So: release the process groups in order, record how
     this rank ended for the launcher, flush, and exit now."""
-    from msca import dist
+    from msca.runtime import dist
 
     dist.shutdown()
     failure.record_end(code)

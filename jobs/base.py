@@ -5,10 +5,9 @@ import logging
 import os
 import socket
 
-from msca import dist, preemption
-from msca.precision import check_precision
-from msca.run_home import RunHome
-
+from msca.runstate.home import RunHome
+from msca.runtime import dist, preemption
+from msca.runtime.precision import check_precision
 
 log = logging.getLogger("jobs")
 

@@ -8,15 +8,15 @@ import logging
 
 import torch
 
-from msca import dist, preemption
-from msca.data import build_dataset
-from msca.metrics import read_metrics
-from msca.preemption import EvaluationInterrupted, StopRequested
-from msca.run_home import RunHome
-from msca.precision import DTYPES
-from msca.train import build_model, evaluate_dataset
-
 from jobs.base import Job
+from msca.data import build_dataset
+from msca.runstate.home import RunHome
+from msca.runstate.metrics import read_metrics
+from msca.runtime import dist, preemption
+from msca.runtime.precision import DTYPES
+from msca.runtime.preemption import EvaluationInterrupted, StopRequested
+from msca.training.build import build_model
+from msca.training.evaluation import evaluate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def write_results(home: RunHome, res: dict, plots: bool = True) -> None:
     home.store.write_text("results.json", json.dumps(res, indent=2))
     if not plots:
         return
-    from msca.plots import plot_confusion, plot_curves
+    from msca.report.plots import plot_confusion, plot_curves
 
     local = home.local_dir
     plot_confusion(res["confusion"], res["class_names"], local / "confusion.png",

@@ -7,14 +7,13 @@ import logging
 
 import torch
 
-from msca import dist
-from msca.collective import agreed
-from msca.preemption import StopRequested
-from msca.session import RunSession
-from msca.train import Trainer
-
 from jobs.base import Job
 from jobs.evaluate import evaluate_run
+from msca.runstate.session import RunSession
+from msca.runtime import dist
+from msca.runtime.collective import agreed
+from msca.runtime.preemption import StopRequested
+from msca.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from msca.data.config import DataConfig
+from msca.rules import above, at_least, check, within
 
 
 @dataclass
@@ -23,46 +24,6 @@ class RunConfig:
     allow_config_change: bool = False  # re-launch an existing name with a different config
     check_data: bool = True  # launch reads the lists and a first frame; false if only compute nodes see the data
     variants: List[str] = field(default_factory=list)  # model presets to run side by side (comparisons)
-
-
-@dataclass
-class ClusterConfig:
-    """Where and how the ranks start. Shared keys first; `slurm` and `ray` keys are flat (cluster.partition=...,
-    cluster.num_workers=...) so a command line reads like the scheduler's own options."""
-    backend: str = "local"  # local | slurm | ray
-    nodes: int = 1
-    procs_per_node: int = 0  # local: ranks per node; 0 = one per GPU, or 1 on a CPU-only machine
-    gpus_per_node: int = 0
-    master_port: int = 0  # local: 0 = pick a free port
-    foreground: bool = True  # local: wait for the job and show its progress
-    # --- slurm (submitit -> sbatch/srun); see configs/cluster/slurm.yaml
-    tasks_per_node: int = 1  # one rank per task: one per GPU
-    cpus_per_task: int = 8
-    mem_gb: Optional[int] = None
-    time_min: int = 60 * 24
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None
-    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint and requeue
-    max_requeues: int = 100  # requeues after a stop signal (SLURM_RESTART_COUNT), then the job just stops
-    setup: List[str] = field(default_factory=list)  # shell lines before srun: module load, env
-    additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {gres: "gpu:8"}
-    folder: Optional[str] = None  # submitit's folder (must be seen by every node); None: <run home>/slurm
-    wait: bool = False  # block and stream progress until the job ends
-    dry_run: bool = False  # print the exact sbatch script; submit nothing, write nothing
-    # --- ray (Ray Train TorchTrainer); see configs/cluster/ray.yaml
-    address: str = ""  # "": a private local Ray; "auto" / "host:6379" / "ray://host:10001": join a cluster;
-    # "http://head:8265": submit launch.py to the cluster's Ray Jobs API (msca.cluster.ray_jobs)
-    num_workers: int = 1  # ranks (Ray Train workers)
-    use_gpu: bool = False  # one GPU per worker, nccl
-    cpus_per_worker: float = 1.0
-    resources_per_worker: Dict[str, float] = field(default_factory=dict)  # extra custom resources
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    max_failures: int = 3  # worker-group restarts after a worker or node loss (not after deterministic errors)
-    runtime_env: Dict[str, Any] = field(default_factory=dict)  # Ray runtime_env (env_vars, pip, ...)
-    storage_path: Optional[str] = None  # Ray Train's own run state (not checkpoints); None: a temp folder
 
 
 @dataclass
@@ -142,7 +103,7 @@ class EvalConfig:
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    cluster: Any = MISSING  # one schema per backend (msca.cluster.schema), chosen by the cluster group
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
@@ -182,7 +143,12 @@ def register_schema() -> None:
     """Make the schema the base of `configs/config.yaml` (its first default is `msca_schema`)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="msca_schema", node=Config)
+    from msca.cluster.schema import SCHEMAS
+
+    store = ConfigStore.instance()
+    store.store(name="msca_schema", node=Config)
+    for backend, schema in SCHEMAS.items():  # configs/cluster/<backend>.yaml starts from <backend>_schema
+        store.store(group="cluster", name=f"{backend}_schema", node=schema)
 
 
 def load_config(text: str) -> DictConfig:
@@ -202,26 +168,9 @@ CHOICES = {
 }
 
 
-# Numeric bounds checked at launch: key -> (test, what the value must be). Optional keys may be null.
-def at_least(lo):
-    return (lambda v: v >= lo), f"must be >= {lo}"
-
-
-def above(lo):
-    return (lambda v: v > lo), f"must be > {lo}"
-
-
-def within(lo, hi, hi_open=False):
-    return (lambda v: lo <= v < hi if hi_open else lo <= v <= hi), f"must be in [{lo}, {hi}{')' if hi_open else ']'}"
-
-
+# Numeric bounds checked at launch: key -> (test, what the value must be). Optional keys may be null. The
+# cluster section's rules sit next to its fields (msca.cluster.schema).
 BOUNDS = {
-    "cluster.nodes": at_least(1), "cluster.procs_per_node": at_least(0), "cluster.gpus_per_node": at_least(0),
-    "cluster.master_port": within(0, 65535),
-    "cluster.tasks_per_node": at_least(1), "cluster.time_min": at_least(1), "cluster.cpus_per_task": at_least(1),
-    "cluster.mem_gb": at_least(1), "cluster.signal_delay_s": at_least(0), "cluster.max_requeues": at_least(0),
-    "cluster.max_failures": at_least(-1), "cluster.cpus_per_worker": at_least(0),  # Ray: -1 = retry forever
-    "cluster.num_workers": at_least(1),
     "model.num_classes": at_least(1), "model.patch_size": at_least(1), "model.embed_dim": at_least(1),
     "model.depth": at_least(1), "model.num_heads": at_least(1), "model.mlp_ratio": above(0),
     "model.shift_div": at_least(2), "model.drop_path_rate": within(0, 1, hi_open=True),
@@ -247,12 +196,6 @@ SYNTHETIC_BOUNDS = {
     "hue_speed": above(0), "quality": within(1, 100),
 }
 LIST_BOUNDS = {"train.betas": within(0, 1, hi_open=True), "train.milestones": at_least(0)}
-
-
-def check(key: str, value, rule) -> None:
-    ok, must = rule
-    if value is not None and not ok(value):
-        raise ValueError(f"{key}={value} {must}")
 
 
 def check_numbers(cfg: DictConfig) -> None:
@@ -293,16 +236,6 @@ def check_sizes(cfg: DictConfig) -> None:
         raise ValueError(f"model.embed_dim={dim} must be a multiple of model.num_heads={heads}")
 
 
-PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-def validate_ray(cluster) -> None:
-    if cluster.placement_strategy not in PLACEMENT:
-        raise ValueError(f"cluster.placement_strategy={cluster.placement_strategy!r} is not one of {list(PLACEMENT)}")
-    if cluster.dry_run:
-        raise ValueError("cluster.dry_run is a SLURM option (it prints the sbatch script); Ray has no script")
-
-
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema cannot express; each error names the key and the accepted values."""
     for key, allowed in CHOICES.items():
@@ -313,5 +246,19 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"data.synthetic.kind={cfg.data.synthetic.kind!r} is not one of ['hue', 'scroll']")
     check_numbers(cfg)
     check_sizes(cfg)
-    if cfg.cluster.backend == "ray":
-        validate_ray(cfg.cluster)
+    from msca.cluster.schema import check_values
+
+    check_values(cfg.cluster)
+
+
+def local_paths(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, value) of every path the config sets on a filesystem (not s3://...)."""
+    values = ((key, OmegaConf.select(cfg, key)) for key in ("data.root", "store.root", "model.pretrained"))
+    return [(key, value) for key, value in values if value and not str(value).startswith("s3://")]
+
+
+def absolutize(cfg: DictConfig) -> None:
+    """Relative local paths are relative to where launch.py ran; ranks may start elsewhere (SLURM)."""
+    for key, value in local_paths(cfg):
+        if not os.path.isabs(value):
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))

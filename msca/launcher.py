@@ -9,22 +9,22 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from msca.checkpoint import CheckpointManager
 from msca.cluster import JobSpec, get_backend
-from msca.config import identity, validate
+from msca.config import absolutize, identity, validate
 from msca.data import check_data
-from msca.lease import live_holder
-from msca.precision import check_precision
-from msca.preemption import EXIT_KILLED, EXIT_STOPPED
-from msca.report import comparison_table, load_results
-from msca.run_home import RunHome, run_uri
-from msca.session import LEASE_TTL_S
+from msca.report.tables import comparison_table, load_results
+from msca.runstate.checkpoint import CheckpointManager
+from msca.runstate.home import RunHome, run_uri
+from msca.runstate.lease import live_holder
+from msca.runstate.session import LEASE_TTL_S
+from msca.runtime.errors import EXIT_KILLED, EXIT_STOPPED
+from msca.runtime.host import git_sha
+from msca.runtime.precision import check_precision
 from msca.storage import is_remote
 
 
@@ -36,34 +36,9 @@ class RunIsRunning(ValueError):
     """Another job holds the run's lease."""
 
 
-def local_paths(cfg: DictConfig) -> list[tuple[str, str]]:
-    """(key, value) of every path the config sets on a filesystem (not s3://...)."""
-    values = ((key, OmegaConf.select(cfg, key)) for key in ("data.root", "store.root", "model.pretrained"))
-    return [(key, value) for key, value in values if value and not is_remote(value)]
-
-
-def absolutize(cfg: DictConfig) -> None:
-    """Relative local paths are relative to where launch.py ran; ranks may start elsewhere (SLURM)."""
-    for key, value in local_paths(cfg):
-        if not os.path.isabs(value):
-            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
-
-
 def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
     a, b = identity(old), identity(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-
-
-def git_sha() -> str | None:
-    """This checkout's commit; where launch.py runs from a copy without .git (a Ray job's upload), the commit
-    the submitting launch.py ran (MSCA_GIT_SHA)."""
-    try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return sha or os.environ.get("MSCA_GIT_SHA") or None
 
 
 def has_trained(home: RunHome) -> bool:
@@ -119,28 +94,27 @@ def refuse_if_running(cfg: DictConfig) -> None:
 
 def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int:
     backend = get_backend(cfg.cluster.backend)
-    if hasattr(backend, "launches_remotely") and backend.launches_remotely(cfg.cluster):
+    if backend.launches_remotely(cfg.cluster):
         validate(cfg)
+        if cfg.cluster.dry_run:
+            print(backend.dry_run_launch(cfg, overrides))
+            return 0
         return backend.submit_launch(cfg, overrides)  # launch.py runs on the cluster, where its paths resolve
-    if hasattr(backend, "check_paths"):
-        backend.check_paths(cfg)  # before relative paths are taken as relative to here
+    backend.check_paths(cfg)  # before relative paths are taken as relative to here
     absolutize(cfg)
     validate(cfg)
-    if ranks_run_here(cfg):  # elsewhere (SLURM, a Ray cluster) each rank checks its own devices at start
+    if backend.ranks_run_here(cfg.cluster):  # elsewhere each rank checks its own devices at start
         check_precision(cfg.deepspeed.precision, cfg.deepspeed.zero_stage)
     uri = run_uri(cfg.store.root, cfg.run.name)
     spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
                    log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)
-    if cfg.cluster.get("dry_run"):  # nothing written, nothing submitted
-        if not hasattr(backend, "sbatch_script"):
-            raise ValueError(f"cluster.dry_run=true is for cluster=slurm, not {cfg.cluster.backend}")
-        print(backend.sbatch_script(spec, cfg.cluster))
+    if cfg.cluster.dry_run:  # nothing written, nothing submitted
+        print(backend.dry_run(spec, cfg.cluster))
         return 0
     refuse_if_running(cfg)
     if cfg.run.check_data:
         check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
-    if hasattr(backend, "check"):  # the scheduler's objections before anything is written
-        backend.check(spec, cfg.cluster)
+    backend.check(spec, cfg.cluster)  # the scheduler's objections before anything is written
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
     spec.log_dir = str(home.local_dir / "logs")
@@ -171,11 +145,6 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
     return 0
 
 
-def ranks_run_here(cfg: DictConfig) -> bool:
-    """The ranks run on this machine's devices: the local backend, or a private Ray started here."""
-    return cfg.cluster.backend == "local" or (cfg.cluster.backend == "ray" and not cfg.cluster.address)
-
-
 def newest_commit(home: RunHome) -> str:
     try:
         steps = CheckpointManager(None, home).committed_steps()
@@ -200,6 +169,25 @@ def launch_variants(cfg: DictConfig, overrides: list[str], compose, make_callabl
     else:
         print("when they finish: python -m msca.report " + " ".join(h.uri for h in homes))
     return code
+
+
+def foreign_cluster_key(overrides: list[str], compose) -> str | None:
+    """One line for a `cluster.<key>` override that the selected backend's schema lacks but another backend's
+    has (Hydra alone says "Key 'num_workers' not in 'LocalCluster'" over several lines); None otherwise."""
+    from msca.cluster.schema import foreign_key_error
+
+    selections = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    try:
+        backend = compose(selections).cluster.backend
+    except Exception:  # noqa: BLE001 - the selections themselves fail: Hydra reports that well
+        return None
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("cluster.") and key.count(".") == 1:
+            error = foreign_key_error(backend, key.split(".", 1)[1])
+            if error:
+                return error
+    return None
 
 
 def unset_section(overrides: list[str], compose) -> str | None:

@@ -15,12 +15,12 @@ import os
 import sys
 import time
 
-from msca.attempts import Attempt, read_attempts, summarize
-from msca.checkpoint import MANIFEST, CheckpointManager
-from msca.lease import live_holder
-from msca.metrics import read_metrics
-from msca.run_home import RunHome, run_uri
-from msca.session import LEASE_TTL_S
+from msca.runstate.attempts import Attempt, read_attempts, summarize
+from msca.runstate.checkpoint import MANIFEST, CheckpointManager
+from msca.runstate.home import RunHome, run_uri
+from msca.runstate.lease import live_holder
+from msca.runstate.metrics import read_metrics
+from msca.runstate.session import LEASE_TTL_S
 from msca.storage import is_remote, open_store
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from s3_server import S3Server, free_port_base, stop_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from msca.checkpoint import CheckpointManager
-from msca.run_home import RunHome
+from msca.runstate.checkpoint import CheckpointManager
+from msca.runstate.home import RunHome
 
 
 class FileWritingEngine:

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from msca.config import register_schema, validate
-from msca.optim import deepspeed_config
+from msca.training.optim import deepspeed_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_schema()
@@ -77,7 +77,9 @@ def test_bad_overrides_fail_at_compose_time(override, needle):
     ("train.optimizer=lamb", "train.optimizer"),
     ("train.grad_accum=0", "train.grad_accum"),
     ("cluster.procs_per_node=-2", r"cluster\.procs_per_node=-2 must be >= 0"),
-    ("cluster.nodes=0", "cluster.nodes"),
+    ("cluster=slurm cluster.nodes=0", "cluster.nodes"),
+    ("cluster=ray cluster.num_workers=0", r"cluster\.num_workers=0 must be >= 1"),
+    ("cluster=ray cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
     ("data.batch_size=0", "data.batch_size"),
     ("data.eval_batch_size=0", "data.eval_batch_size"),
     ("data.num_workers=-1", "data.num_workers"),
@@ -109,10 +111,34 @@ def test_bad_overrides_fail_at_compose_time(override, needle):
 ])
 def test_bad_values_fail_validation(override, needle):
     with pytest.raises(ValueError, match=needle):
-        validate(make([override]))
+        validate(make(override.split()))
 
 
-@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster.max_failures=-1", "train.max_steps=0",
-                                      "data.num_workers=0", "cluster.procs_per_node=0", "train.val_every=0"])
+@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster=ray cluster.max_failures=-1",
+                                      "train.max_steps=0", "data.num_workers=0", "cluster.procs_per_node=0",
+                                      "train.val_every=0"])
 def test_meaningful_zeros_and_minus_ones_pass(override):
-    validate(make([override]))  # keep all checkpoints; Ray retries forever; no cap; main-process loading; ...
+    validate(make(override.split()))  # keep all checkpoints; Ray retries forever; no cap; main-process loading; ...
+
+
+@pytest.mark.parametrize("backend,key,owner", [("local", "num_workers", "ray"), ("local", "partition", "slurm"),
+                                               ("ray", "procs_per_node", "local"), ("slurm", "address", "ray")])
+def test_a_key_of_another_backend_is_refused_naming_its_owner(backend, key, owner):
+    """Each backend has its own schema: a key it lacks fails at compose time, and the launcher's line names the
+    backend that has it (launch.py turns Hydra's three lines into this one)."""
+    from msca.cluster.schema import foreign_key_error
+
+    with pytest.raises(ConfigCompositionException):
+        make([f"cluster={backend}", f"cluster.{key}=1"])
+    line = foreign_key_error(backend, key)
+    assert line.startswith(f"cluster.{key} is a cluster={owner} option; cluster={backend} has no such key")
+    assert foreign_key_error(backend, "no_such_key") is None and foreign_key_error(owner, key) is None
+
+
+@pytest.mark.parametrize("backend", ["local", "slurm", "ray"])
+def test_each_backend_config_is_typed_by_its_own_schema(backend):
+    from msca.cluster.schema import SCHEMAS, keys
+
+    cluster = make([f"cluster={backend}"]).cluster
+    assert OmegaConf.get_type(cluster) is SCHEMAS[backend]
+    assert set(cluster.keys()) == keys(backend) and cluster.backend == backend

@@ -7,8 +7,15 @@ import sys
 import pytest
 import torch
 
-from msca.data import (BadDataError, DataConfig, ListFormatError, ResumableDistributedSampler, SyntheticConfig,
-                       build_dataset, build_loader)
+from msca.data import (
+    BadDataError,
+    DataConfig,
+    ListFormatError,
+    ResumableDistributedSampler,
+    SyntheticConfig,
+    build_dataset,
+    build_loader,
+)
 from msca.data.synthetic import TRAIN_LIST, ensure_synthetic
 from msca.storage import open_store
 

@@ -1,8 +1,15 @@
 """List files: both formats, auto-detection, class names, and errors that name file and line."""
 import pytest
 
-from msca.data.lists import (ListFormatError, VideoRecord, check_labels, class_names_from_folders, format_list,
-                             parse_class_names, parse_list)
+from msca.data.lists import (
+    ListFormatError,
+    VideoRecord,
+    check_labels,
+    class_names_from_folders,
+    format_list,
+    parse_class_names,
+    parse_list,
+)
 
 
 def test_msca_comma_format():

@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from msca.data.sampling import (dense_test_indices, dense_train_indices, dense_train_start, eval_indices, sample_rng,
-                                uniform_test_indices, uniform_train_indices)
+from msca.data.sampling import (
+    dense_test_indices,
+    dense_train_indices,
+    dense_train_start,
+    eval_indices,
+    sample_rng,
+    uniform_test_indices,
+    uniform_train_indices,
+)
 
 
 def original_read_random_clip(F, T, S, randint):

@@ -8,8 +8,16 @@ from PIL import Image
 
 from msca.data.decode import DecodeError, decode_rgb, decoders
 from msca.data.sampling import sample_rng
-from msca.data.transforms import (TrainAugParams, color_jitter, draw_train_params, eval_crop_offsets, eval_views,
-                                  resize, resized_size, train_clip)
+from msca.data.transforms import (
+    TrainAugParams,
+    color_jitter,
+    draw_train_params,
+    eval_crop_offsets,
+    eval_views,
+    resize,
+    resized_size,
+    train_clip,
+)
 
 
 def frames(t=4, h=40, w=52, seed=0):

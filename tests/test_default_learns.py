@@ -3,7 +3,6 @@ except where it writes, for two seeds that sat at chance before the synthetic se
 import json
 
 import pytest
-
 from launch_helpers import run_launch
 
 

@@ -1,10 +1,9 @@
 """Evaluation numbers equal a direct computation: view averaging, top-k, per-class, confusion."""
 import numpy as np
+import pytest
 import torch
 
-import pytest
-
-from msca.evaluate import Predictions, padded_shard, predict, summarize
+from msca.training.evaluation import Predictions, padded_shard, predict, summarize
 
 
 def test_predict_averages_views_then_ranks():

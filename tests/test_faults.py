@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from launch_helpers import run_launch, small_overrides, start_launch
 
 COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=2", "train.val_every=0", "eval.at_end=false",
@@ -121,7 +120,7 @@ def test_ranks_that_ignore_the_stop_are_reported_killed_not_stopped():
     """The launcher's grace period runs out: the ranks are killed and the exit code says so (EXIT_KILLED),
     never the clean-stop code."""
     from msca.cluster.local import poll_until_done
-    from msca.preemption import EXIT_KILLED
+    from msca.runtime.errors import EXIT_KILLED
 
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
     procs = [subprocess.Popen([sys.executable, "-c", stubborn]) for _ in range(2)]
@@ -136,8 +135,8 @@ def test_ranks_that_ignore_the_stop_are_reported_killed_not_stopped():
 def test_a_stop_interrupts_an_evaluation_between_batches():
     import torch
 
-    from msca.evaluate import predict
-    from msca.preemption import EvaluationInterrupted
+    from msca.runtime.preemption import EvaluationInterrupted
+    from msca.training.evaluation import predict
 
     batches = [{"video": torch.zeros(1, 1, 2, 3, 8, 8), "label": torch.zeros(1, dtype=torch.long),
                 "index": torch.tensor([i])} for i in range(5)]

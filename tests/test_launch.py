@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-
 from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
 
 
@@ -260,7 +259,7 @@ def test_a_precision_is_refused_at_launch_where_the_cpu_cannot_run_it(tmp_path, 
     """Asked the way DeepSpeed asks (its accelerator): where this CPU runs the precision, a short 2-rank run
     trains in it; where it cannot, launch.py refuses in one line naming the option, before anything is written
     (DeepSpeed itself would refuse only inside a started rank)."""
-    from msca.precision import precision_problem
+    from msca.runtime.precision import precision_problem
 
     overrides = small_overrides(tmp_path, data_root, f"p-{precision}") + [
         f"deepspeed=zero2_{precision}", "cluster.procs_per_node=2", "train.max_steps=2", "train.val_every=0",
@@ -275,3 +274,35 @@ def test_a_precision_is_refused_at_launch_where_the_cpu_cannot_run_it(tmp_path, 
         assert_one_line_error(proc, f"deepspeed.precision={precision} cannot run on this CPU")
         assert "use deepspeed=zero2" in proc.stderr
         assert not (tmp_path / "store").exists()
+
+
+def test_a_key_of_another_backend_is_one_line_naming_the_backend_that_has_it(tmp_path):
+    """`cluster.num_workers=3` under the local backend used to run one local rank and say nothing."""
+    proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=bad", "cluster.num_workers=3",
+                       "cluster.partition=gpu"], timeout=60)
+    assert_one_line_error(proc, "cluster.num_workers is a cluster=ray option; cluster=local has no such key")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("backend,lines", [
+    ("local", ["# cluster=local: 2 rank process(es) on this machine",
+               "RANK=0 LOCAL_RANK=0 WORLD_SIZE=2", "RANK=1 LOCAL_RANK=1 WORLD_SIZE=2", "-m jobs train "]),
+    ("ray", ["# cluster=ray: nothing is started", '"num_workers": 2', '"placement_strategy": "SPREAD"',
+             '"trainer": "ray.train.torch.TorchTrainer"']),
+    ("ray-jobs", ["# cluster=ray (Jobs API): nothing is submitted", '"address": "http://127.0.0.1:9"',
+                  "cluster.address=auto cluster.wait=true run.name=dry", '"working_dir": ']),
+])
+def test_every_backend_has_a_dry_run_that_writes_and_starts_nothing(tmp_path, backend, lines):
+    """What the backend would start, printed; no run home, no rank, no Ray (the Jobs API address is not even
+    contacted), no secret (a credential in this shell is shown as <set>)."""
+    extra = {"local": ["cluster.procs_per_node=2"],
+             "ray": ["cluster=ray", "cluster.num_workers=2", "cluster.placement_strategy=SPREAD"],
+             "ray-jobs": ["cluster=ray", "cluster.address=http://127.0.0.1:9"]}[backend]
+    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "dry") + extra + ["cluster.dry_run=true"],
+                      env={"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for line in lines:
+        assert line in out, out
+    assert "s3cr3t-value" not in out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "data").exists()

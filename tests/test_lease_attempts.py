@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from msca.attempts import Attempt, summarize
-from msca.lease import KEY, Holder, Lease, LeaseHeld, live_holder
+from msca.runstate.attempts import Attempt, summarize
+from msca.runstate.lease import KEY, Holder, Lease, LeaseHeld, live_holder
 from msca.storage import open_store
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from msca.dist import free_port
-from msca.precision import precision_problem
+from msca.runtime.dist import free_port
+from msca.runtime.precision import precision_problem
 
 # (zero stage, precision): ZeRO-0 bf16/fp16 is DeepSpeed's FP16_UnfusedOptimizer (no hp link), ZeRO-1 bf16 its
 # BF16_Optimizer, ZeRO-2 the partitioned optimizer, ZeRO-3 partitioned parameters too.
@@ -37,7 +37,7 @@ def module_weights(engine) -> dict:
 def run_case(stage: int, precision: str, rank: int) -> dict:
     import deepspeed
 
-    from msca.master_weights import fp32_state_dict
+    from msca.training.master_weights import fp32_state_dict
 
     model = tiny_model()
     config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "steps_per_print": 10**9,
@@ -59,7 +59,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from msca.dist import init_distributed
+    from msca.runtime.dist import init_distributed
 
     init_distributed(timeout_s=120)
     results = {}

@@ -3,7 +3,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from msca.config import TrainConfig
-from msca.optim import lr_factor
+from msca.training.optim import lr_factor
 
 
 def train(**kw):

@@ -3,7 +3,7 @@ the one object asked, so a stand-in with DeepSpeed's method names shows each bra
 answer is exercised end to end in test_launch and test_master_weights)."""
 import pytest
 
-from msca.precision import PrecisionUnsupported, check_precision, precision_problem
+from msca.runtime.precision import PrecisionUnsupported, check_precision, precision_problem
 
 
 class Accelerator:
@@ -66,11 +66,11 @@ def test_a_rank_on_another_machine_refuses_before_writing(tmp_path, precision):
     import sys
 
     from hydra import compose, initialize_config_dir
-
     from launch_helpers import REPO, small_overrides
+
     from msca.config import register_schema
-    from msca.dist import free_port
-    from msca.run_home import RunHome, run_uri
+    from msca.runstate.home import RunHome, run_uri
+    from msca.runtime.dist import free_port
 
     register_schema()
     overrides = small_overrides(tmp_path, tmp_path / "data", "p") + [

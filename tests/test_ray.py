@@ -16,9 +16,9 @@ import time
 
 import pytest
 import torch
-
 from launch_helpers import REPO, metrics, run_launch, small_overrides, start_launch
-from msca.attempts import read_attempts
+
+from msca.runstate.attempts import read_attempts
 from msca.storage import open_store
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch
@@ -336,6 +336,7 @@ def test_jobs_api_relative_store_root_is_refused_on_the_head(ray_cluster, tmp_pa
 @pytest.mark.parametrize("override,message", [
     ("cluster.num_workers=0", "cluster.num_workers=0 must be >= 1"),
     ("cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
+    ("cluster.partition=gpu", "cluster.partition is a cluster=slurm option; cluster=ray has no such key"),
     ("cluster.wait=false", "cluster.wait=false needs a Ray Jobs API address"),
     ("cluster.address=http://127.0.0.1:9", "cluster.address=http://127.0.0.1:9: no Ray Jobs API answers there"),
 ])
@@ -398,7 +399,7 @@ print(json.dumps(ray.get([where.options(scheduling_strategy="SPREAD").remote() f
 def test_which_errors_are_deterministic():
     from omegaconf.errors import ConfigKeyError
 
-    from msca.cluster.ray import is_deterministic
+    from msca.runtime.errors import is_deterministic
 
     class CollectiveError(RuntimeError):
         pass

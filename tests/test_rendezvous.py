@@ -2,7 +2,7 @@
 missing or contradictory variables are an error, never a silent world-size-1 run."""
 import pytest
 
-from msca.dist import RendezvousError, first_host, local_device, process_env, slurm_port
+from msca.runtime.dist import RendezvousError, first_host, local_device, process_env, slurm_port
 
 SRUN_TASK = {"SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4",
              "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[007,009]", "SLURM_NTASKS_PER_NODE": "2"}

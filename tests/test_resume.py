@@ -11,10 +11,10 @@ import time
 
 import pytest
 import torch
-
 from launch_helpers import metrics, run_launch, small_overrides, start_launch
-from msca.attempts import read_attempts
-from msca.metrics import read_metrics
+
+from msca.runstate.attempts import read_attempts
+from msca.runstate.metrics import read_metrics
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 optimizer steps per epoch, 30 in all
 COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=5", "train.val_every=2", "eval.at_end=false",
@@ -130,8 +130,8 @@ def train_steps(store) -> list[int]:
 def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
     """A step without a manifest does not exist; a step whose objects do not match it is skipped; the newest
     complete one is chosen (the full run keeps steps 28 and 30)."""
-    from msca.checkpoint import CheckpointManager
-    from msca.run_home import RunHome
+    from msca.runstate.checkpoint import CheckpointManager
+    from msca.runstate.home import RunHome
 
 
     tmp, _ = runs

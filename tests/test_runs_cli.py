@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import pytest
-
 from launch_helpers import REPO, run_launch, small_overrides
-from msca.lease import Holder, Lease
+
+from msca.runstate.lease import Holder, Lease
 from msca.storage import open_store
 
 COMMON = ["cluster.procs_per_node=1", "train.epochs=1", "train.val_every=0", "eval.at_end=false",
@@ -55,7 +55,7 @@ def test_ls_show_checkpoints(tmp_path):
     assert "torn" in rows["3"]
     shallow = runs_cli("checkpoints", str(store / "runs" / "done"))  # sizes only: the flip is not seen
     assert "complete" in {line.split()[0]: line for line in shallow.stdout.splitlines()[2:]}["2"]
-    from msca.attempts import read_attempts, summarize
+    from msca.runstate.attempts import read_attempts, summarize
 
     s = summarize(read_attempts(open_store(str(store / "runs" / "done"))))
     assert 0.0 < s["goodput"] < 1.0 and s["goodput"] + sum(s["badput"].values()) == pytest.approx(1.0, abs=0.01)

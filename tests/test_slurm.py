@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-
 from launch_helpers import metrics, run_launch, small_overrides
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch, 60 in all

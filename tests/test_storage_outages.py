@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
+from s3_server import kill_server, restart_server, start_server, stop_server
 
 from msca.storage import RETRY_S, open_store
-from s3_server import kill_server, restart_server, start_server, stop_server
 
 
 @pytest.fixture

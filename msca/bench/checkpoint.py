@@ -40,8 +40,8 @@ def build_engine(model_name: str, tiny: bool):
     import deepspeed
     import torch
 
-    from msca import dist
     from msca.model import create_model
+    from msca.runtime import dist
 
     dist.init_distributed()
     overrides = dict(num_classes=400, num_frames=2)
@@ -61,8 +61,8 @@ def build_engine(model_name: str, tiny: bool):
 def main(argv=None) -> int:
     a = parse(argv)
     from msca.bench.data import start_seaweedfs
-    from msca.checkpoint import CheckpointManager
-    from msca.run_home import RunHome
+    from msca.runstate.checkpoint import CheckpointManager
+    from msca.runstate.home import RunHome
 
     work = Path(tempfile.mkdtemp(prefix="msca-bench-ckpt-"))
     server = start_seaweedfs(work / "seaweedfs")

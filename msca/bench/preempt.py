@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from msca.attempts import read_attempts, summarize
+from msca.runstate.attempts import read_attempts, summarize
 from msca.storage import open_store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -87,10 +87,10 @@ def timed(fn, steps: int, device) -> float:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from msca import dist
-    from msca.launcher import absolutize
-    from msca.run_home import RunHome, run_uri
-    from msca.train import Trainer
+    from msca.config import absolutize
+    from msca.runstate.home import RunHome, run_uri
+    from msca.runtime import dist
+    from msca.training.trainer import Trainer
 
     tmp = tempfile.mkdtemp(prefix="msca-bench-train-")
     cfg = compose(args.overrides, tmp)

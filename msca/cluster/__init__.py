@@ -1,40 +1,21 @@
-"""Backends: how a job's ranks get started. One small interface: `local` processes, `slurm` (submitit) and
-`ray` (Ray Train) behind the same `submit`."""
+"""Backends: how a job's ranks get started. One interface (`base.Backend`: check, dry run, submit and follow)
+and a registry from name to backend: `local` processes, `slurm` (submitit), `ray` (Ray Train; with a Jobs API
+address, `ray_jobs` submits launch.py itself). The only importers of submitit and ray."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+import importlib
+
+from msca.cluster.base import Backend, Handle, JobSpec
+
+REGISTRY = {"local": "msca.cluster.local:LocalBackend", "slurm": "msca.cluster.slurm:SlurmBackend",
+            "ray": "msca.cluster.ray:RayBackend"}
+
+__all__ = ["Backend", "Handle", "JobSpec", "REGISTRY", "get_backend"]
 
 
-@dataclass
-class JobSpec:
-    job: str  # train | evaluate (a key of jobs.JOBS)
-    run_uri: str
-    endpoint_url: Optional[str] = None
-    log_dir: str = ""  # local folder for per-rank logs
-    make_callable: Optional[Callable] = field(default=None, repr=False)  # jobs.JOBS[job], for pickling backends
-
-
-@dataclass
-class Handle:
-    backend: str
-    description: str  # how to follow it (PIDs, job id, ...)
-    returncode: Optional[int] = None  # set when the backend waited for the job
-    follow: Optional[str] = None  # how to follow / stop it, when the backend returned at once
-    error: Optional[str] = None  # a failed job: the first failing rank's error, located (msca.failure)
-
-
-def get_backend(name: str):
-    if name == "local":
-        from msca.cluster.local import LocalBackend
-
-        return LocalBackend()
-    if name == "slurm":
-        from msca.cluster.slurm import SlurmBackend
-
-        return SlurmBackend()
-    if name == "ray":
-        from msca.cluster.ray import RayBackend
-
-        return RayBackend()
-    raise ValueError(f"cluster.backend={name!r} is not one of 'local', 'slurm', 'ray'")
+def get_backend(name: str) -> Backend:
+    """The backend registered as `name` (imported only when chosen: submitit and ray stay unloaded)."""
+    if name not in REGISTRY:
+        raise ValueError(f"cluster.backend={name!r} is not one of {list(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -15,6 +15,7 @@ stop flag. This module and msca.cluster.ray_jobs are the only importers of ray b
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -23,40 +24,15 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
-
-from msca.cluster import Handle, JobSpec
-from msca.preemption import EXIT_STOPPED, StopRequested
-
-REPO = Path(__file__).resolve().parents[2]  # `jobs` is importable from the repo root
-EXIT_FAILED = 1
-EXIT_DETERMINISTIC = 2  # the same exit code as launch.py's own config errors
+from msca.cluster.base import STOP_GRACE_S, Backend, Handle, JobSpec, stop_gracefully
+from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, user_runtime_env
+from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED, EXIT_USAGE, is_deterministic
+from msca.runtime.host import REPO
+from msca.runtime.preemption import StopRequested
 
 log = logging.getLogger(__name__)
-
-
-# Errors a retry on the same inputs would hit again: bad config values and types, missing files or buckets,
-# refused credentials, a run held by another live job (LeaseHeld), and a checkpoint whose tensors do not fit the
-# model (torch's "size mismatch" / "Error(s) in loading state_dict", raised as RuntimeError, which otherwise
-# means a transient fault that Ray should retry).
-DETERMINISTIC = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError", "PermissionError",
-                 "NotADirectoryError", "IsADirectoryError", "RendezvousError", "ConfigMismatch", "StoreAuthError",
-                 "BucketNotFoundError", "LeaseHeld", "ValidationError", "ConfigKeyError", "ConfigTypeError",
-                 "ConfigAttributeError", "MissingMandatoryValue", "InterpolationResolutionError"}
-INCOMPATIBLE = re.compile(r"size mismatch for |Error\(s\) in loading state_dict")
-_COLLECTIVE = re.compile(r"failed on rank \d+: (\w+): ")
-
-
-def is_deterministic(err: BaseException) -> bool:
-    """By class name along the MRO, so this module needs none of the modules that define them; an error
-    gathered from another rank (a fail-safe collective section) is judged by the original's name."""
-    if any(cls.__name__ in DETERMINISTIC for cls in type(err).__mro__) or INCOMPATIBLE.search(str(err)):
-        return True
-    m = _COLLECTIVE.search(str(err)) if type(err).__name__ == "CollectiveError" else None
-    return bool(m and m.group(1) in DETERMINISTIC)
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -92,7 +68,7 @@ def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, 
     """What every Ray Train worker runs (in a thread of its worker actor). Returns the run's outcome; only
     worker loss and unexpected errors raise (those Ray retries)."""
     os.environ.update(MSCA_BACKEND="ray", MSCA_JOB_KEY=job_key, OMP_NUM_THREADS=str(threads))
-    from msca import preemption
+    from msca.runtime import preemption
 
     watcher = watch_stop(job_key, preemption.install())
     try:
@@ -120,25 +96,6 @@ def ray_temp_dir() -> str:
     return path
 
 
-FORWARDED = ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-             "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S")
-
-
-def user_runtime_env(cluster) -> dict:
-    """cluster.runtime_env as plain containers (Ray serialises it)."""
-    env = cluster.runtime_env
-    return OmegaConf.to_container(env, resolve=True) if isinstance(env, DictConfig) else dict(env or {})
-
-
-def forwarded_env_vars(env_vars) -> dict:
-    """The user's env_vars plus this shell's store credentials and msca timeouts, unless set there."""
-    out = {str(k): str(v) for k, v in dict(env_vars or {}).items()}
-    for key in FORWARDED:
-        if os.environ.get(key) and key not in out:
-            out[key] = os.environ[key]
-    return out
-
-
 def worker_runtime_env(cluster) -> dict:
     """The user's runtime_env plus what every worker needs: `jobs` and this msca importable.
 
@@ -147,8 +104,6 @@ def worker_runtime_env(cluster) -> dict:
     user's wins); a private local Ray just gets it on PYTHONPATH. Inside a Jobs API job (msca.cluster.ray_jobs)
     the job's runtime_env already carries all of it, composed by the submitting launch.py, and Ray refuses a
     ray.init runtime_env that repeats any of its keys: only what the job lacks is added."""
-    from msca.cluster.ray_jobs import job_runtime_env
-
     job = job_runtime_env()
     env = user_runtime_env(cluster)
     env_vars = forwarded_env_vars(env.get("env_vars"))
@@ -231,7 +186,7 @@ def raise_stop(signum, _frame):
     raise StopSignal(signum)
 
 
-def fit(trainer, job_key: str, max_failures: int, stop_grace_s: float = 300.0):
+def fit(trainer, job_key: str, max_failures: int, stop_grace_s: float = STOP_GRACE_S):
     """trainer.fit() in a thread, so Ctrl-C or SIGTERM here becomes a stop request to the workers (they commit
     a checkpoint at the next step); a second Ctrl-C (or the grace period) abandons the run."""
     import signal
@@ -249,15 +204,15 @@ def fit(trainer, job_key: str, max_failures: int, stop_grace_s: float = 300.0):
             done.set()
 
     threading.Thread(target=run, name="ray-fit", daemon=True).start()
-    try:
-        while not done.is_set():
+
+    def wait_until(deadline: float | None) -> bool:
+        while not done.is_set() and (deadline is None or time.time() < deadline):
             time.sleep(0.2)
-    except KeyboardInterrupt as stop:
-        print(f"stopping: the workers save a checkpoint first (up to {stop_grace_s:.0f}s; Ctrl-C again to abandon)",
-              file=sys.stderr, flush=True)
-        request_stop(job_key, int(getattr(stop, "signum", signal.SIGINT)))
-        if not done.wait(stop_grace_s):
-            return None, "the workers did not stop within the grace period"
+        return done.is_set()
+
+    if not stop_gracefully(wait_until, lambda signum: request_stop(job_key, signum), "the workers", "abandon",
+                           stop_grace_s):
+        return None, "the workers did not stop within the grace period"
     return box.get("result"), box.get("error")
 
 
@@ -301,7 +256,7 @@ def failure_summary(err: BaseException) -> str:
     return "; ".join(died + errors)
 
 
-class RayBackend:
+class RayBackend(Backend):
     name = "ray"
 
     def launches_remotely(self, cluster) -> bool:
@@ -314,6 +269,30 @@ class RayBackend:
         from msca.cluster.ray_jobs import submit_launch
 
         return submit_launch(cfg, overrides)
+
+    def dry_run_launch(self, cfg, overrides: list[str]) -> str:
+        from msca.cluster.ray_jobs import describe_submission
+
+        return describe_submission(cfg, overrides)
+
+    def ranks_run_here(self, cluster) -> bool:
+        return not cluster.address  # a private local Ray uses this machine's devices
+
+    def dry_run(self, spec: JobSpec, cluster) -> str:
+        """The trainer Ray would run: workers, resources, placement, failure policy and the workers'
+        runtime_env (secrets shown as names only)."""
+        resources = {"CPU": float(cluster.cpus_per_worker), **{k: float(v) for k, v in
+                                                               dict(cluster.resources_per_worker).items()}}
+        if cluster.use_gpu:
+            resources["GPU"] = resources.get("GPU", 1.0)
+        env = worker_runtime_env(cluster)
+        env_vars = {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in env.get("env_vars", {}).items()}
+        plan = {"address": cluster.address or "a private local Ray on 127.0.0.1",
+                "trainer": "ray.train.torch.TorchTrainer", "job": spec.job, "run_uri": spec.run_uri,
+                "backend": "nccl" if cluster.use_gpu else "gloo", "num_workers": cluster.num_workers,
+                "resources_per_worker": resources, "placement_strategy": cluster.placement_strategy,
+                "max_failures": cluster.max_failures, "runtime_env": {**env, "env_vars": env_vars}}
+        return "# cluster=ray: nothing is started\n" + json.dumps(plan, indent=2, default=str)
 
     def check_paths(self, cfg) -> None:
         from msca.cluster.ray_jobs import check_paths
@@ -351,5 +330,5 @@ class RayBackend:
             return Handle(self.name, desc, returncode=EXIT_STOPPED)
         if status == "failed":
             print(f"[ray] the run failed and was not retried: {outcome['error']}", file=sys.stderr, flush=True)
-            return Handle(self.name, desc, returncode=EXIT_DETERMINISTIC)
+            return Handle(self.name, desc, returncode=EXIT_USAGE)
         return Handle(self.name, desc, returncode=0)

@@ -25,10 +25,10 @@ import urllib.request
 
 from omegaconf import DictConfig
 
-from msca.cluster.ray import EXIT_FAILED, REPO, forwarded_env_vars, user_runtime_env
-from msca.preemption import EXIT_STOPPED
+from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, user_runtime_env
+from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED
+from msca.runtime.host import REPO
 
-JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a Jobs API entrypoint: the job's runtime_env
 PINNED = ("cluster", "cluster.address", "cluster.wait", "run.name")  # what the job's own launch.py is told
 PROBE_TIMEOUT_S = 10.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -37,12 +37,6 @@ LOST_CONTACT_S = 120.0  # following a job: how long the Jobs API may stay silent
 
 def is_jobs_address(address: str) -> bool:
     return address.startswith(("http://", "https://"))
-
-
-def job_runtime_env() -> dict:
-    """The runtime_env of the Jobs API job this process runs in ({} outside one)."""
-    raw = os.environ.get(JOB_CONFIG_ENV)
-    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
 
 
 def in_uploaded_copy() -> bool:
@@ -55,7 +49,7 @@ def check_paths(cfg: DictConfig) -> None:
     node: refuse it, naming the key."""
     if not in_uploaded_copy():
         return
-    from msca.launcher import local_paths
+    from msca.config import local_paths
 
     for key, value in local_paths(cfg):
         if not os.path.isabs(os.path.expanduser(value)):
@@ -66,7 +60,7 @@ def check_paths(cfg: DictConfig) -> None:
 
 def entrypoint(overrides: list[str], run_name: str) -> str:
     """The same overrides, with the backend, address, wait and run name pinned for the head."""
-    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in PINNED]
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (*PINNED, "cluster.dry_run")]
     return shlex.join(["python", "launch.py", *keep, "cluster=ray", "cluster.address=auto", "cluster.wait=true",
                        f"run.name={run_name}"])
 
@@ -77,11 +71,19 @@ def submission_runtime_env(cluster) -> dict:
     env = user_runtime_env(cluster)
     env.setdefault("working_dir", str(REPO))
     env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
-    from msca.launcher import git_sha  # launch.json on the head records where the run was launched from
+    from msca.runtime.host import git_sha  # launch.json on the head records where the run was launched from
 
     env["env_vars"].update(MSCA_SUBMITTED_FROM=f"{getpass.getuser()}@{socket.gethostname()}",
                            **({"MSCA_GIT_SHA": sha} if (sha := git_sha()) else {}))
     return env
+
+
+def describe_submission(cfg: DictConfig, overrides: list[str]) -> str:
+    """A dry run: the entrypoint and runtime_env the Jobs API would get (secrets as names only); nothing sent."""
+    env = submission_runtime_env(cfg.cluster)
+    env["env_vars"] = {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in env["env_vars"].items()}
+    plan = {"address": cfg.cluster.address, "entrypoint": entrypoint(overrides, cfg.run.name), "runtime_env": env}
+    return "# cluster=ray (Jobs API): nothing is submitted\n" + json.dumps(plan, indent=2, default=str)
 
 
 def call(address: str, path: str, method: str = "GET", timeout_s: float = PROBE_TIMEOUT_S) -> dict:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from msca import failure
-from msca.cluster import Handle, JobSpec
+from msca.cluster.base import Backend, Handle, JobSpec
+from msca.runtime import failure
+from msca.runtime.host import REPO, squeue
 
 # Nothing heavy at import time (no torch, no boto3): submitit unpickles SlurmJob before it installs its USR2
 # handler, and until then a USR2 kills the task (default action). Keep that window short.
 
-REPO = Path(__file__).resolve().parents[2]  # `jobs` is importable from the repo root
 
 
 class SlurmJob:
@@ -33,7 +33,8 @@ class SlurmJob:
         self.endpoint_url, self.max_requeues = endpoint_url, max_requeues
 
     def __call__(self):
-        from msca.preemption import EXIT_STOPPED, StopRequested
+        from msca.runtime.errors import EXIT_STOPPED
+        from msca.runtime.preemption import StopRequested
 
         try:
             result = self.make_callable(self.run_uri, self.endpoint_url)()
@@ -41,7 +42,7 @@ class SlurmJob:
             # shuts down (finalisation resets Python-level handlers to SIG_DFL, which kills; SIG_IGN stays).
             for sig in (signal.SIGUSR2, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
-            from msca import dist
+            from msca.runtime import dist
 
             dist.shutdown()  # the process groups go now, in order, not in the interpreter's teardown
             return result
@@ -49,7 +50,7 @@ class SlurmJob:
             requeue_after_stop(stop, self.max_requeues)
             sys.exit(EXIT_STOPPED)  # SystemExit passes submitit's handler: no result file, the job is not "done"
         except Exception as err:
-            from msca import failure
+            from msca.runtime import failure
 
             failure.record(err)  # for `launch.py ... cluster.wait=true`: the first failing rank's story
             raise
@@ -74,7 +75,7 @@ def requeue_after_stop(stop, max_requeues: int) -> None:
     cancelled job)."""
     import logging
 
-    from msca import dist
+    from msca.runtime import dist
 
     log = logging.getLogger(__name__)
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
@@ -97,8 +98,8 @@ def requeue_after_stop(stop, max_requeues: int) -> None:
 
 
 def job_state(job_id: str) -> str:
-    r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
-    return r.stdout.split()[0] if r.stdout.split() else "UNKNOWN"
+    r = squeue(job_id, timeout_s=60)
+    return r.stdout.split()[0] if r is not None and r.stdout.split() else "UNKNOWN"
 
 
 # ------------------------------------------------------------------------------------------------ submit side
@@ -152,10 +153,13 @@ def executor(folder: Path, cluster, job_name: str):
     return ex
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     name = "slurm"
 
-    def sbatch_script(self, spec: JobSpec, cluster) -> str:
+    def ranks_run_here(self, cluster) -> bool:
+        return False  # on the compute nodes: each rank checks its own devices at start
+
+    def dry_run(self, spec: JobSpec, cluster) -> str:
         """The exact script sbatch gets (submitit's), writing nothing."""
         ex = executor(submitit_folder(spec, cluster), cluster, job_name(spec))
         return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
@@ -164,7 +168,7 @@ class SlurmBackend:
         """Before the run home is written: sbatch --test-only accepts the script (partition, account,
         resources) and the folder is writable, so a bad request leaves no half-written run home."""
         try:
-            r = subprocess.run(["sbatch", "--test-only"], input=self.sbatch_script(spec, cluster),
+            r = subprocess.run(["sbatch", "--test-only"], input=self.dry_run(spec, cluster),
                                capture_output=True, text=True, timeout=60)
         except FileNotFoundError:
             raise ValueError("cluster=slurm: no `sbatch` on PATH (run launch.py on a SLURM login node)") from None
@@ -185,7 +189,7 @@ class SlurmBackend:
                   f"cancel: scancel {job.job_id}")
         if not cluster.wait:
             return Handle(self.name, desc, follow=follow)
-        from msca.preemption import EXIT_STOPPED
+        from msca.runtime.errors import EXIT_STOPPED
 
         code = wait_for(job, folder)
         error = failure.first_failure(folder / f"errors-{job.job_id}") if code not in (0, EXIT_STOPPED) else None

@@ -19,8 +19,15 @@ from typing import Sequence, Tuple
 from msca.data.config import DataConfig, SyntheticConfig
 from msca.data.dataset import BadDataError, VideoClipDataset
 from msca.data.decode import DecodeError, decode_rgb
-from msca.data.lists import (ListFormatError, VideoRecord, check_labels, class_names_from_folders, parse_class_names,
-                             frame_name_format, parse_list)
+from msca.data.lists import (
+    ListFormatError,
+    VideoRecord,
+    check_labels,
+    class_names_from_folders,
+    frame_name_format,
+    parse_class_names,
+    parse_list,
+)
 from msca.data.loader import build_loader, collate_clips
 from msca.data.sampler import ResumableDistributedSampler
 from msca.storage import Store, is_remote, open_store

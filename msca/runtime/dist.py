@@ -128,8 +128,8 @@ def shutdown() -> None:
     import gc
 
     try:
-        from deepspeed.utils import groups
         import deepspeed.comm.comm as ds_comm
+        from deepspeed.utils import groups
 
         groups._WORLD_GROUP = None
         if ds_comm.cdb is not None:

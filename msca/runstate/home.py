@@ -7,19 +7,19 @@
         tb/             TensorBoard event files
         model.pt        final weights (fp32 state dict, timm names)
         results.json    evaluation results; confusion.png, curves.png
-        checkpoints/    committed checkpoints (see msca.checkpoint)
+        checkpoints/    committed checkpoints (see msca.runstate.checkpoint)
 """
 from __future__ import annotations
 
 import getpass
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from msca.config import load_config
+from msca.runtime.host import scratch_dir
 from msca.storage import Store, is_remote, open_store
 
 
@@ -47,8 +47,7 @@ class RunHome:
             path = Path(self.uri)
         else:
             digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
-            base = os.environ.get("MSCA_CACHE") or os.path.join(
-                os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir(), f"msca-cache-{getpass.getuser()}")
+            base = os.environ.get("MSCA_CACHE") or scratch_dir() / f"msca-cache-{getpass.getuser()}"
             path = Path(base).expanduser() / "runs" / f"{self.name}-{digest}"
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -13,8 +13,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from msca import dist
-from msca.preemption import EvaluationInterrupted
+from msca.data import build_loader
+from msca.runtime import dist
+from msca.runtime.preemption import EvaluationInterrupted
 
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:
@@ -102,3 +103,13 @@ def summarize(pred: Predictions, num_classes: int, class_names: list[str] | None
         "confusion": confusion.tolist(),
         "class_names": names,
     }
+
+
+def evaluate_dataset(forward, dataset, cfg, device, dtype, stop=None) -> dict:
+    """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
+    length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
+    idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
+    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
+                          pin_memory=torch.cuda.is_available())
+    pred = gather(predict(forward, loader, device, dtype, stop=stop).head(real))
+    return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +36,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from msca import dist
-from msca.collective import agreed, from_main
-from msca.run_home import RunHome
+from msca.runstate.home import RunHome
+from msca.runtime import dist
+from msca.runtime.collective import agreed, from_main
+from msca.runtime.host import scratch_dir
 from msca.storage import is_remote
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,10 @@ def local_rank() -> int:
 
 
 def staging_root(configured: Optional[str], home: RunHome) -> Path:
-    """Node-local scratch for this run's checkpoint files: `checkpoint.staging_dir`, else $SLURM_TMPDIR, else
-    $TMPDIR / the system temp dir (never $HOME, which clusters share over NFS with a quota)."""
-    base = configured or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
+    """Node-local scratch for this run's checkpoint files: `checkpoint.staging_dir`, else the node's scratch
+    (msca.runtime.host.scratch_dir)."""
     digest = hashlib.sha1(home.uri.encode()).hexdigest()[:10]
-    path = Path(os.path.expanduser(base)) / "msca-staging" / f"{home.name}-{digest}"
+    path = scratch_dir(configured) / "msca-staging" / f"{home.name}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

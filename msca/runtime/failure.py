@@ -17,21 +17,10 @@ import time
 import traceback
 from pathlib import Path
 
+from msca.runtime.errors import is_user_error
+
 ERROR_DIR_ENV = "MSCA_ERROR_DIR"
-FAULT_ENV = "MSCA_FAULT_INJECT"  # fault tests: "<what>@<rank>" (msca.collective, jobs/__main__)
-
-
-def expected_errors() -> tuple:
-    from msca.collective import CollectiveError
-    from msca.data.dataset import BadDataError
-    from msca.lease import LeaseHeld
-
-    # OSError covers ConnectionError, PermissionError (bad credentials) and FileNotFoundError
-    return (OSError, LookupError, ValueError, BadDataError, LeaseHeld, CollectiveError)
-
-
-def is_expected(err: BaseException) -> bool:
-    return isinstance(err, expected_errors())
+FAULT_ENV = "MSCA_FAULT_INJECT"  # fault tests: "<what>@<rank>" (msca.runtime.collective, jobs/__main__)
 
 
 def one_line(err: BaseException) -> str:
@@ -53,7 +42,7 @@ def record(err: BaseException) -> None:
         return
     rank = os.environ.get("RANK", "0")
     entry = {"time": time.time(), "rank": int(rank), "host": socket.gethostname(), "error": one_line(err),
-             "where": locate(err), "expected": is_expected(err),
+             "where": locate(err), "expected": is_user_error(err),
              "collateral": is_collateral(err), "traceback": "".join(traceback.format_exception(err))}
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -64,7 +53,7 @@ def record(err: BaseException) -> None:
 
 def is_collateral(err: BaseException) -> bool:
     """Errors a rank gets because *another* rank failed (its peer vanished, or an agreed section re-raised)."""
-    from msca.collective import CollectiveError
+    from msca.runtime.collective import CollectiveError
 
     text = str(err).lower()
     return isinstance(err, CollectiveError) or any(s in text for s in (

@@ -1,4 +1,5 @@
-"""One `Store` for local paths and `s3://bucket/prefix` URIs: the project's only importer of boto3.
+"""`S3Store`: `s3://bucket/prefix` on any S3-compatible endpoint; with `msca.storage.base`, the project's only
+importer of boto3.
 
 Everything that persists (frames, list files, run homes, checkpoints) goes through a `Store` rooted at a URI,
 with '/'-separated keys relative to that root, so the same code runs against a shared filesystem or any
@@ -15,7 +16,6 @@ request, as much as decoding the frame; the lean GET costs ~0.2 ms. Any answer b
 throttling, 5xx, redirects, big objects) is re-done through boto3, which owns retries and error reporting.
 `fast_get=False` (or env MSCA_S3_FAST_GET=0) turns it off.
 """
-from __future__ import annotations
 
 import hashlib
 import hmac
@@ -24,20 +24,21 @@ import io
 import logging
 import os
 import re
-import shutil
 import ssl
-import tempfile
 import threading
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+
+from msca.storage.base import BucketNotFoundError, Store, StoreAuthError, atomic_copy, clean_key
 
 log = logging.getLogger(__name__)
 
@@ -54,305 +55,6 @@ _BIG = 64 * 1024 * 1024          # above this, whole-object reads/writes go thro
 RETRY_S = float(os.environ.get("MSCA_S3_RETRY_S", "60"))
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout",
                     "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
-
-
-class StoreAuthError(PermissionError):
-    """The server rejected our credentials (wrong key/secret, no credentials, or no permission)."""
-
-
-class BucketNotFoundError(LookupError):
-    """The bucket named in an s3:// URI does not exist on the endpoint."""
-
-
-def is_remote(uri: Union[str, os.PathLike]) -> bool:
-    """True for object-store URIs (s3://), False for local/shared-filesystem paths."""
-    return str(uri).startswith("s3://")
-
-
-def open_store(uri: Union[str, os.PathLike], endpoint_url: Optional[str] = None, **s3_options) -> "Store":
-    """Open a store rooted at `uri`: a local path (or file://) or `s3://bucket[/prefix]`.
-
-    `s3_options` (S3 only): region_name, aws_access_key_id, aws_secret_access_key, aws_session_token,
-    profile_name, max_attempts (adaptive retries, default 8), max_pool_connections (default 64),
-    addressing_style ("path" by default for custom endpoints), transfer_concurrency (default 8).
-    """
-    uri = str(uri)
-    if is_remote(uri):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not bucket:
-            raise ValueError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
-        return S3Store(bucket, prefix.strip("/"), _S3Conn(endpoint_url, s3_options))
-    if s3_options:
-        raise TypeError(f"S3 options {sorted(s3_options)} given for a local path {uri!r}")
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    return LocalStore(os.path.abspath(os.path.expanduser(uri)))
-
-
-def _clean_key(key: str) -> str:
-    """Normalise a relative key; refuse keys that would escape the root."""
-    key = str(key).replace(os.sep, "/").strip("/")
-    if not key:
-        return ""
-    parts = [p for p in key.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ValueError(f"store keys may not contain '..': {key!r}")
-    return "/".join(parts)
-
-
-_POOLS: dict = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(max_workers: int) -> ThreadPoolExecutor:
-    """A per-process, per-size thread pool (executor threads do not survive fork, so key by pid)."""
-    k = (os.getpid(), max_workers)
-    pool = _POOLS.get(k)
-    if pool is None:
-        with _POOLS_LOCK:
-            pool = _POOLS.get(k)
-            if pool is None:
-                pool = _POOLS[k] = ThreadPoolExecutor(max_workers, thread_name_prefix="msca-store")
-    return pool
-
-
-class Store:
-    """A root URI plus '/'-separated keys relative to it. Subclasses: `LocalStore`, `S3Store`."""
-    uri: str
-
-    # --- per-backend primitives -------------------------------------------------------------------------------
-    def child(self, key: str) -> "Store": raise NotImplementedError
-    def url(self, key: str = "") -> str: raise NotImplementedError
-    def exists(self, key: str) -> bool: raise NotImplementedError
-    def read_bytes(self, key: str) -> bytes: raise NotImplementedError
-    def write_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
-    def list(self, prefix: str = "") -> list: raise NotImplementedError
-    def size(self, key: str) -> int: raise NotImplementedError
-    def delete(self, key: str) -> None: raise NotImplementedError
-    def upload_file(self, local_path: str, key: str) -> None: raise NotImplementedError
-    def download_file(self, key: str, local_path: str) -> None: raise NotImplementedError
-    # Conditional writes (leases): a version is an opaque token of one object's content (S3: its ETag).
-    def read_versioned(self, key: str) -> Tuple[bytes, str]: raise NotImplementedError
-    def write_if_absent(self, key: str, data: bytes) -> bool: raise NotImplementedError
-    def write_if_version(self, key: str, data: bytes, version: str) -> bool: raise NotImplementedError
-
-    # --- shared helpers -----------------------------------------------------------------------------------------
-    def read_text(self, key: str, encoding: str = "utf-8") -> str:
-        return self.read_bytes(key).decode(encoding)
-
-    def write_text(self, key: str, text: str, encoding: str = "utf-8") -> None:
-        self.write_bytes(key, text.encode(encoding))
-
-    def read_many(self, keys: Sequence[str], max_workers: int = 8) -> list:
-        """Fetch keys concurrently (a clip's frames); each result is the bytes or the exception raised.
-
-        Returned in the order of `keys`. Errors are values, not raised, so a caller can replace one bad frame
-        without losing the others.
-        """
-        keys = list(keys)
-        if max_workers <= 1 or len(keys) <= 1:
-            return [self._read_or_error(k) for k in keys]
-        return list(_pool(max_workers).map(self._read_or_error, keys))
-
-    def _read_or_error(self, key: str):
-        try:
-            return self.read_bytes(key)
-        except Exception as e:  # noqa: BLE001 - handed back to the caller by design
-            return e
-
-    def submit_read(self, key: str, max_workers: int = 8) -> Future:
-        """Start reading `key` in the background; the future's result is the bytes or the exception."""
-        return _pool(max_workers).submit(self._read_or_error, key)
-
-    def iter_many(self, keys: Sequence[str], max_workers: int = 8,
-                  started: Optional[dict] = None) -> Iterator[Tuple[int, object]]:
-        """Like `read_many`, but yields (position, bytes | exception) as each read completes, so a caller can
-        decode one frame while the others are still in flight. `started` maps keys to futures from
-        `submit_read` (read-ahead); those are used instead of new reads."""
-        keys = list(keys)
-        started = started or {}
-        if (max_workers <= 1 or len(keys) <= 1) and not started:
-            for i, k in enumerate(keys):
-                yield i, self._read_or_error(k)
-            return
-        futures = {(started.pop(k, None) or self.submit_read(k, max_workers)): i for i, k in enumerate(keys)}
-        for f in as_completed(futures):
-            yield futures[f], f.result()
-
-    def write_many(self, items: Iterable, max_workers: int = 8) -> None:
-        """Write (key, bytes) pairs concurrently; raises the first error."""
-        items = list(items)
-        if max_workers <= 1:
-            for k, d in items:
-                self.write_bytes(k, d)
-            return
-        for f in [_pool(max_workers).submit(self.write_bytes, k, d) for k, d in items]:
-            f.result()
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every key under the folder `prefix`; returns how many were deleted."""
-        keys = self.list(prefix)
-        for k in keys:
-            self.delete(k)
-        return len(keys)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.uri == other.uri
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.uri))
-
-
-class LocalStore(Store):
-    """A directory on a local or shared filesystem. Writes are atomic (temp file + os.replace)."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.uri = root
-
-    def _path(self, key: str) -> str:
-        key = _clean_key(key)
-        return os.path.join(self.root, *key.split("/")) if key else self.root
-
-    def child(self, key: str) -> "LocalStore":
-        return LocalStore(self._path(key))
-
-    def url(self, key: str = "") -> str:
-        return self._path(key)
-
-    def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
-
-    def read_bytes(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise FileNotFoundError(f"{path}: is a directory, not a file") from None
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            for attempt in range(3):        # a concurrent delete() may prune the folder we just made
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-
-    def list(self, prefix: str = "") -> list:
-        base = self._path(prefix)
-        if os.path.isfile(base):
-            return [_clean_key(prefix)]
-        out = []
-        for dirpath, _, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            for name in files:
-                if ".tmp-" in name:       # an in-flight atomic write
-                    continue
-                out.append(name if rel == "." else f"{rel}/{name}")
-        return sorted(out)
-
-    def size(self, key: str) -> int:
-        path = self._path(key)
-        try:
-            return os.path.getsize(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-
-    def delete(self, key: str) -> None:
-        """Remove the file and the folders it leaves empty (object-store semantics: no empty 'folders')."""
-        path = self._path(key)
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            return
-        parent, root = os.path.dirname(path), os.path.abspath(self.root)
-        while os.path.abspath(parent).startswith(root + os.sep):
-            try:
-                os.rmdir(parent)
-            except OSError:  # not empty (or gone)
-                break
-            parent = os.path.dirname(parent)
-
-    def read_versioned(self, key: str) -> Tuple[bytes, str]:
-        data = self.read_bytes(key)
-        return data, hashlib.sha256(data).hexdigest()
-
-    def write_if_absent(self, key: str, data: bytes) -> bool:
-        """Create `key` with `data` unless it exists: the content is written to a temp file, then hard-linked
-        into place (link(2) fails if the name exists, atomically, also on NFS)."""
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
-
-    def write_if_version(self, key: str, data: bytes, version: str) -> bool:
-        """Replace `key` only if its content still has `version` (compare and swap under an flock)."""
-        import fcntl
-
-        path = self._path(key)
-        with open(f"{path}.tmp-lock", "a+b") as lock:  # ".tmp-": list() never shows it
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                current = self.read_versioned(key)[1]
-            except FileNotFoundError:
-                return False
-            if current != version:
-                return False
-            self.write_bytes(key, data)
-            return True
-
-    def upload_file(self, local_path: str, key: str) -> None:
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
-
-    def download_file(self, key: str, local_path: str) -> None:
-        src = self._path(key)
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"{src}: no such file")
-        _atomic_copy(lambda tmp: shutil.copyfile(src, tmp), local_path)
-
-
-def _atomic_copy(write, local_path: str) -> None:
-    """Write a local file via `write(tmp_path)` then rename, so a crash never leaves half a file."""
-    d = os.path.dirname(os.path.abspath(local_path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".dl-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, local_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class _S3Conn:
@@ -534,7 +236,7 @@ class S3Store(Store):
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
     def _key(self, key: str) -> str:
-        key = _clean_key(key)
+        key = clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
 
     def child(self, key: str) -> "S3Store":
@@ -719,5 +421,5 @@ class S3Store(Store):
     def download_file(self, key: str, local_path: str) -> None:
         """Parallel ranged GETs above 16 MiB; the local file appears atomically."""
         c = self.conn.client()
-        _atomic_copy(lambda tmp: self._call(c.download_file, key, Bucket=self.bucket, Key=self._key(key),
+        atomic_copy(lambda tmp: self._call(c.download_file, key, Bucket=self.bucket, Key=self._key(key),
                                             Filename=tmp, Config=self.conn.transfer_config()), str(local_path))

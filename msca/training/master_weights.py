@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from msca import dist
+from msca.runtime import dist
 
 
 def unlinked_masters(optimizer) -> dict[int, torch.Tensor]:

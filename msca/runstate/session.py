@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 
-from msca.attempts import AttemptLedger
-from msca.lease import Holder, Lease, LeaseHeld
-from msca.run_home import RunHome
+from msca.runstate.attempts import AttemptLedger
+from msca.runstate.home import RunHome
+from msca.runstate.lease import Holder, Lease, LeaseHeld
 
 LEASE_TTL_S = float(os.environ.get("MSCA_LEASE_TTL_S", "120"))
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from msca import dist
-from msca.failure import FAULT_ENV
+from msca.runtime import dist
+from msca.runtime.failure import FAULT_ENV
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,11 @@ import threading
 import torch
 import torch.distributed as dist
 
-from msca import dist as ranks
+from msca.runtime import dist as ranks
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
-EXIT_STOPPED = 3  # a job's exit code when it stopped on request after committing a checkpoint
-EXIT_KILLED = 4   # the launcher had to kill the ranks (no stop checkpoint): the newest commit is the resume point
 
 
 class StopRequested(Exception):

@@ -61,11 +61,10 @@ class Holder:
 
 def slurm_job_gone(job_id: str) -> bool:
     """True if `squeue` answers and does not list the job (False when we cannot ask)."""
-    import subprocess
+    from msca.runtime.host import squeue
 
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    out = squeue(job_id, timeout_s=10)
+    if out is None:
         return False
     if out.returncode and "Invalid job id" in out.stderr:  # purged from the controller: certainly gone
         return True

@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -18,20 +17,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from msca import dist
-from msca.checkpoint import CheckpointManager
 from msca.config import identity_hash
 from msca.data import ResumableDistributedSampler, build_dataset, build_loader
-from msca.evaluate import gather, padded_shard, predict, summarize
-from msca.metrics import MetricsLogger
-from msca.model import create_model, load_pretrained
-from msca.optim import build_optimizer, build_scheduler, deepspeed_config
-from msca.precision import DTYPES
-from msca.preemption import EvaluationInterrupted, StopRequested
-from msca.preemption import install as install_stop_flag
-from msca.run_home import RunHome
-from msca.session import RunSession
-from msca.storage import open_store
+from msca.runstate.checkpoint import CheckpointManager
+from msca.runstate.home import RunHome
+from msca.runstate.metrics import MetricsLogger
+from msca.runstate.session import RunSession
+from msca.runtime import dist
+from msca.runtime.precision import DTYPES
+from msca.runtime.preemption import EvaluationInterrupted, StopRequested
+from msca.runtime.preemption import install as install_stop_flag
+from msca.training.build import build_model
+from msca.training.evaluation import evaluate_dataset
+from msca.training.optim import build_optimizer, build_scheduler, deepspeed_config
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def model_overrides(model_cfg: DictConfig, num_classes: int) -> dict:
-    """The model section as create_model keywords: unset (None) fields keep the preset's value."""
-    keys = ("num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "shift", "shift_div",
-            "drop_path_rate")
-    out = {k: model_cfg[k] for k in keys if model_cfg[k] is not None}
-    out["num_classes"] = model_cfg.num_classes or num_classes
-    return out
-
-
-def build_model(model_cfg: DictConfig, num_classes: int, endpoint_url: str | None = None) -> torch.nn.Module:
-    model = create_model(model_cfg.arch, **model_overrides(model_cfg, num_classes))
-    if model_cfg.pretrained:
-        load_pretrained(model, fetch_local(model_cfg.pretrained, endpoint_url))
-    return model
-
-
-def fetch_local(uri: str, endpoint_url: str | None = None) -> str:
-    """A local path for `uri` (downloads s3:// objects to a temp file)."""
-    if not uri.startswith("s3://"):
-        return os.path.expanduser(uri)
-    parent, key = uri.rsplit("/", 1)
-    dest = os.path.join(tempfile.mkdtemp(prefix="msca-fetch-"), key)
-    open_store(parent, endpoint_url=endpoint_url).download_file(key, dest)
-    return dest
 
 
 class Trainer:
@@ -272,24 +244,14 @@ class Trainer:
 
     def final_weights(self) -> dict[str, torch.Tensor] | None:
         """fp32 master weights with timm names, on rank 0 (None elsewhere); collective. In bf16/fp16 runs the
-        module holds rounded copies, so the masters come from the optimizer (msca.master_weights)."""
-        from msca.master_weights import fp32_state_dict
+        module holds rounded copies, so the masters come from the optimizer (msca.training.master_weights)."""
+        from msca.training.master_weights import fp32_state_dict
 
         return fp32_state_dict(self.engine)
 
     def close(self) -> None:
         """Let go of the engine: its hooks hold the optimizer and its process groups, which would otherwise
-        live (with gloo's threads) until the interpreter tears them down (msca.dist.shutdown)."""
+        live (with gloo's threads) until the interpreter tears them down (msca.runtime.dist.shutdown)."""
         if self.engine is not None:
             self.engine.destroy()
         self.engine = self.optimizer = self.scheduler = self.ckpt.engine = None
-
-
-def evaluate_dataset(forward, dataset, cfg: DictConfig, device, dtype, stop=None) -> dict:
-    """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
-    length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
-    idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
-    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
-                          pin_memory=torch.cuda.is_available())
-    pred = gather(predict(forward, loader, device, dtype, stop=stop).head(real))
-    return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

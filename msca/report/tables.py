@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from msca.run_home import RunHome
+from msca.runstate.home import RunHome
 
 
 def load_results(home: RunHome) -> dict | None:
