@@ -110,6 +110,7 @@ main() {
     fetch_wheels
     build_sdists
     make_data
+    git -C "$here" describe --always --dirty >"$carry/COMMIT"  # check.sh's report names it if .git stays here
   fi
   check_size
   verify
