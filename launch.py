@@ -3,6 +3,7 @@
 Composes and validates the config, writes the run's home (<store.root>/runs/<name>/), submits the job to the
 chosen backend and prints where the run lives. Re-launching an existing run.name resumes it.
 """
+
 import os
 import sys
 

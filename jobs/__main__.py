@@ -1,5 +1,6 @@
 """`python -m jobs <train|evaluate> <run_uri>`: what every rank runs under the local backend (and what a
 user can run by hand on any node with the rank environment set)."""
+
 import signal
 
 # A stop signal that arrives while torch and deepspeed are still importing (seconds) is remembered, not fatal:
@@ -8,17 +9,17 @@ _early_signals: list = []
 for _sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
     signal.signal(_sig, lambda signum, frame: _early_signals.append(signum))
 
-import argparse  # noqa: E402
-import atexit  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
+import argparse
+import atexit
+import logging
+import os
+import sys
+import traceback
 
-from jobs import JOBS  # noqa: E402
-from msca.runtime import failure, preemption  # noqa: E402
-from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED, is_user_error  # noqa: E402
-from msca.runtime.preemption import StopRequested  # noqa: E402
+from jobs import JOBS
+from msca.runtime import failure, preemption
+from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED, is_user_error
+from msca.runtime.preemption import StopRequested
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """What every job does first on every rank: logging, the process group, the run's home."""
+
 from __future__ import annotations
 
 import logging
@@ -28,9 +29,13 @@ class Job:
         preemption.install()
         dist.init_distributed()
         self.hosts = hosts = dist.all_gather_object(socket.gethostname())  # every rank's host, by rank
-        log.info("%d rank(s) on %s; rendezvous %s:%s", dist.world_size(),
-                 ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)), os.environ.get("MASTER_ADDR", "-"),
-                 os.environ.get("MASTER_PORT", "-"))  # ours, or Ray Train's (it made the group)
+        log.info(
+            "%d rank(s) on %s; rendezvous %s:%s",
+            dist.world_size(),
+            ", ".join(f"{h} (rank {r})" for r, h in enumerate(hosts)),
+            os.environ.get("MASTER_ADDR", "-"),
+            os.environ.get("MASTER_PORT", "-"),
+        )  # ours, or Ray Train's (it made the group)
         return RunHome(self.run_uri, self.endpoint_url)
 
     @staticmethod

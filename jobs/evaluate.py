@@ -1,5 +1,6 @@
 """Evaluate job: the final multi-view test (data.test_clips x data.test_crops views per video) of a run's
 weights; writes results.json, confusion.png and curves.png to the run home."""
+
 from __future__ import annotations
 
 import io
@@ -37,9 +38,15 @@ def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
     res.update(run=home.name, model=cfg.model.name, views=f"{cfg.data.test_clips}x{cfg.data.test_crops}")
     if dist.is_main():
         write_results(home, res, plots=cfg.eval.plots)
-        log.info("test %s: top-1 %.2f%% top-5 %.2f%% on %d videos (%s views) -> %s",
-                 cfg.model.name, 100 * res["top1"], 100 * res["top5"], res["num_videos"], res["views"],
-                 home.store.url("results.json"))
+        log.info(
+            "test %s: top-1 %.2f%% top-5 %.2f%% on %d videos (%s views) -> %s",
+            cfg.model.name,
+            100 * res["top1"],
+            100 * res["top5"],
+            res["num_videos"],
+            res["views"],
+            home.store.url("results.json"),
+        )
     return res
 
 
@@ -50,8 +57,12 @@ def write_results(home: RunHome, res: dict, plots: bool = True) -> None:
     from msca.report.plots import plot_confusion, plot_curves
 
     local = home.local_dir
-    plot_confusion(res["confusion"], res["class_names"], local / "confusion.png",
-                   title=f"{res['model']}: top-1 {100 * res['top1']:.1f}%")
+    plot_confusion(
+        res["confusion"],
+        res["class_names"],
+        local / "confusion.png",
+        title=f"{res['model']}: top-1 {100 * res['top1']:.1f}%",
+    )
     plot_curves(read_metrics(home.store), local / "curves.png", title=f"{home.name} ({res['model']})")
     home.sync_up("confusion.png")
     home.sync_up("curves.png")

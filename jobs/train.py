@@ -1,5 +1,6 @@
 """Train job: every rank reads the run's config, joins the process group, trains, then (optionally)
 evaluates. Rank 0 holds the run's lease and writes this attempt's record in the ledger for the whole job."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,10 @@ class Train(Job):
     def __call__(self) -> dict:
         home = self.start()
         cfg = self.config(home)
-        session = agreed(lambda: RunSession.open(home, self.hosts, dist.world_size()) if dist.is_main() else None,
-                         "taking the run's lease")
+        session = agreed(
+            lambda: RunSession.open(home, self.hosts, dist.world_size()) if dist.is_main() else None,
+            "taking the run's lease",
+        )
         try:
             result = self.train(cfg, home, session)
         except StopRequested:

@@ -3,6 +3,7 @@ compose time with the key named, long before a job reaches a cluster.
 
 Groups (`configs/<group>/*.yaml`) fill these sections; `experiment/*` files are deltas over them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -115,9 +116,25 @@ class Config:
 
 
 # Keys that may change between launches of one run without changing what the run computes.
-MUTABLE = ("run.", "cluster.", "store.", "eval.", "checkpoint.", "data.num_workers", "data.eval_batch_size",
-           "data.io_workers", "data.val_clips", "data.test_clips", "data.test_crops", "data.test_list",
-           "train.progress", "train.log_every", "train.val_every", "train.max_steps", "model.pretrained")
+MUTABLE = (
+    "run.",
+    "cluster.",
+    "store.",
+    "eval.",
+    "checkpoint.",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.io_workers",
+    "data.val_clips",
+    "data.test_clips",
+    "data.test_crops",
+    "data.test_list",
+    "train.progress",
+    "train.log_every",
+    "train.val_every",
+    "train.max_steps",
+    "model.pretrained",
+)
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -171,29 +188,60 @@ CHOICES = {
 # Numeric bounds checked at launch: key -> (test, what the value must be). Optional keys may be null. The
 # cluster section's rules sit next to its fields (msca.cluster.schema).
 BOUNDS = {
-    "model.num_classes": at_least(1), "model.patch_size": at_least(1), "model.embed_dim": at_least(1),
-    "model.depth": at_least(1), "model.num_heads": at_least(1), "model.mlp_ratio": above(0),
-    "model.shift_div": at_least(2), "model.drop_path_rate": within(0, 1, hi_open=True),
-    "train.epochs": at_least(1), "train.lr": above(0), "train.momentum": within(0, 1, hi_open=True),
-    "train.weight_decay": at_least(0), "train.gamma": above(0), "train.warmup_epochs": at_least(0),
-    "train.min_lr": at_least(0), "train.grad_accum": at_least(1), "train.clip_grad": at_least(0),
-    "train.label_smoothing": within(0, 1, hi_open=True), "train.val_every": at_least(0),
-    "train.log_every": at_least(1), "train.max_steps": at_least(0),
-    "checkpoint.every_steps": at_least(0), "checkpoint.every_epochs": at_least(0),
-    "checkpoint.keep_last": at_least(0), "checkpoint.keep_every": at_least(0),  # keep_last 0: keep all
+    "model.num_classes": at_least(1),
+    "model.patch_size": at_least(1),
+    "model.embed_dim": at_least(1),
+    "model.depth": at_least(1),
+    "model.num_heads": at_least(1),
+    "model.mlp_ratio": above(0),
+    "model.shift_div": at_least(2),
+    "model.drop_path_rate": within(0, 1, hi_open=True),
+    "train.epochs": at_least(1),
+    "train.lr": above(0),
+    "train.momentum": within(0, 1, hi_open=True),
+    "train.weight_decay": at_least(0),
+    "train.gamma": above(0),
+    "train.warmup_epochs": at_least(0),
+    "train.min_lr": at_least(0),
+    "train.grad_accum": at_least(1),
+    "train.clip_grad": at_least(0),
+    "train.label_smoothing": within(0, 1, hi_open=True),
+    "train.val_every": at_least(0),
+    "train.log_every": at_least(1),
+    "train.max_steps": at_least(0),
+    "checkpoint.every_steps": at_least(0),
+    "checkpoint.every_epochs": at_least(0),
+    "checkpoint.keep_last": at_least(0),
+    "checkpoint.keep_every": at_least(0),  # keep_last 0: keep all
     "checkpoint.every_minutes": at_least(0),
-    "data.num_frames": at_least(1), "data.stride": at_least(1), "data.crop_size": at_least(1),
-    "data.test_short_side": at_least(1), "data.val_clips": at_least(1), "data.test_clips": at_least(1),
-    "data.test_crops": at_least(1), "data.color_jitter_prob": within(0, 1), "data.std": above(0),
-    "data.batch_size": at_least(1), "data.eval_batch_size": at_least(1), "data.num_workers": at_least(0),
-    "data.io_workers": at_least(1), "data.max_bad_fraction": within(0, 1),
-    "eval.clips": at_least(1), "eval.crops": at_least(1),  # after data.*: they default to data.test_*
+    "data.num_frames": at_least(1),
+    "data.stride": at_least(1),
+    "data.crop_size": at_least(1),
+    "data.test_short_side": at_least(1),
+    "data.val_clips": at_least(1),
+    "data.test_clips": at_least(1),
+    "data.test_crops": at_least(1),
+    "data.color_jitter_prob": within(0, 1),
+    "data.std": above(0),
+    "data.batch_size": at_least(1),
+    "data.eval_batch_size": at_least(1),
+    "data.num_workers": at_least(0),
+    "data.io_workers": at_least(1),
+    "data.max_bad_fraction": within(0, 1),
+    "eval.clips": at_least(1),
+    "eval.crops": at_least(1),  # after data.*: they default to data.test_*
 }
 # Checked only when data.synthetic is set (data=synthetic).
 SYNTHETIC_BOUNDS = {
-    "classes": at_least(1), "videos_per_class": at_least(1), "val_videos_per_class": at_least(1),
-    "frames": at_least(1), "height": at_least(1), "width": at_least(1), "speed": above(0),
-    "hue_speed": above(0), "quality": within(1, 100),
+    "classes": at_least(1),
+    "videos_per_class": at_least(1),
+    "val_videos_per_class": at_least(1),
+    "frames": at_least(1),
+    "height": at_least(1),
+    "width": at_least(1),
+    "speed": above(0),
+    "hue_speed": above(0),
+    "quality": within(1, 100),
 }
 LIST_BOUNDS = {"train.betas": within(0, 1, hi_open=True), "train.milestones": at_least(0)}
 
@@ -215,8 +263,10 @@ def check_sizes(cfg: DictConfig) -> None:
     data = cfg.data
     short = list(data.train_short_side)
     if len(short) != 2 or not data.crop_size <= short[0] < short[1]:
-        raise ValueError(f"data.train_short_side={short} must be [lo, hi) with data.crop_size={data.crop_size} "
-                         f"<= lo < hi (the short side is drawn from range(lo, hi))")
+        raise ValueError(
+            f"data.train_short_side={short} must be [lo, hi) with data.crop_size={data.crop_size} "
+            f"<= lo < hi (the short side is drawn from range(lo, hi))"
+        )
     if data.test_short_side < data.crop_size:
         raise ValueError(f"data.test_short_side={data.test_short_side} must be >= data.crop_size={data.crop_size}")
     if cfg.train.min_lr > cfg.train.lr:
@@ -229,8 +279,7 @@ def check_sizes(cfg: DictConfig) -> None:
     patch = cfg.model.patch_size or preset["patch_size"]
     if cfg.model.img_size % patch:
         size = "data.crop_size" if cfg.model.img_size == data.crop_size else "model.img_size"
-        raise ValueError(f"{size}={cfg.model.img_size} must be a multiple of the patch size {patch} "
-                         f"(model.patch_size)")
+        raise ValueError(f"{size}={cfg.model.img_size} must be a multiple of the patch size {patch} (model.patch_size)")
     dim, heads = cfg.model.embed_dim or preset["embed_dim"], cfg.model.num_heads or preset["num_heads"]
     if dim % heads:
         raise ValueError(f"model.embed_dim={dim} must be a multiple of model.num_heads={heads}")

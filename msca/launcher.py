@@ -1,6 +1,7 @@
 """What `launch.py` does once Hydra has composed the config: validate it, write the run's home, submit the
 job to the chosen backend, and say where the run lives. Comparisons (run.variants) launch one run per
 model preset and print a table."""
+
 from __future__ import annotations
 
 import datetime
@@ -66,18 +67,26 @@ def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
             print(f"run {cfg.run.name} never committed a step: its config is replaced ({'; '.join(diff)})")
         elif diff and not cfg.run.allow_config_change:
             raise ConfigMismatch(
-                f"run {cfg.run.name!r} exists at {home.uri} with a different config:\n  " + "\n  ".join(diff)
+                f"run {cfg.run.name!r} exists at {home.uri} with a different config:\n  "
+                + "\n  ".join(diff)
                 + "\nRepeat the overrides it was launched with (see its launch.json), pick a new run.name, "
                 "or pass run.allow_config_change=true to continue it with the new config."
             )
     home.write_config(cfg)
     launches = json.loads(home.store.read_text("launch.json")) if home.store.exists("launch.json") else []
-    launches.append({
-        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "overrides": overrides, "backend": cfg.cluster.backend, "job": cfg.run.job, "resumed": resuming,
-        "git_sha": git_sha(), "user": getpass.getuser(), "host": socket.gethostname(),
-        **({"submitted_from": os.environ["MSCA_SUBMITTED_FROM"]} if os.environ.get("MSCA_SUBMITTED_FROM") else {}),
-    })
+    launches.append(
+        {
+            "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "overrides": overrides,
+            "backend": cfg.cluster.backend,
+            "job": cfg.run.job,
+            "resumed": resuming,
+            "git_sha": git_sha(),
+            "user": getpass.getuser(),
+            "host": socket.gethostname(),
+            **({"submitted_from": os.environ["MSCA_SUBMITTED_FROM"]} if os.environ.get("MSCA_SUBMITTED_FROM") else {}),
+        }
+    )
     home.store.write_text("launch.json", json.dumps(launches, indent=2))
     return home
 
@@ -87,9 +96,11 @@ def refuse_if_running(cfg: DictConfig) -> None:
     home = RunHome(run_uri(cfg.store.root, cfg.run.name), cfg.store.endpoint_url)
     holder = live_holder(home.store, LEASE_TTL_S)
     if holder is not None:
-        raise RunIsRunning(f"run {cfg.run.name!r} is running: {holder.describe()}, lease renewed "
-                           f"{time.time() - holder.renewed:.0f}s ago. Wait for it to end or stop it; a relaunch "
-                           f"of the same run.name then resumes it")
+        raise RunIsRunning(
+            f"run {cfg.run.name!r} is running: {holder.describe()}, lease renewed "
+            f"{time.time() - holder.renewed:.0f}s ago. Wait for it to end or stop it; a relaunch "
+            f"of the same run.name then resumes it"
+        )
 
 
 def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int:
@@ -106,8 +117,13 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
     if backend.ranks_run_here(cfg.cluster):  # elsewhere each rank checks its own devices at start
         check_precision(cfg.deepspeed.precision, cfg.deepspeed.zero_stage)
     uri = run_uri(cfg.store.root, cfg.run.name)
-    spec = JobSpec(job=cfg.run.job, run_uri=uri, endpoint_url=cfg.store.endpoint_url,
-                   log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "", make_callable=make_callable)
+    spec = JobSpec(
+        job=cfg.run.job,
+        run_uri=uri,
+        endpoint_url=cfg.store.endpoint_url,
+        log_dir=str(Path(uri) / "logs") if not is_remote(uri) else "",
+        make_callable=make_callable,
+    )
     if cfg.cluster.dry_run:  # nothing written, nothing submitted
         print(backend.dry_run(spec, cfg.cluster))
         return 0
@@ -121,27 +137,38 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
     handle = backend.submit(spec, cfg.cluster)
     print(f"{handle.backend}: {handle.description}")
     if handle.returncode is None:
-        print(handle.follow or f"follow it: tail -f {spec.log_dir}/rank0.log (metrics: "
-              f"{home.store.url('metrics.jsonl')}); once it has stopped, the same command with "
-              f"run.name={cfg.run.name} resumes it")
+        print(
+            handle.follow
+            or f"follow it: tail -f {spec.log_dir}/rank0.log (metrics: "
+            f"{home.store.url('metrics.jsonl')}); once it has stopped, the same command with "
+            f"run.name={cfg.run.name} resumes it"
+        )
         return 0
     if handle.returncode == EXIT_STOPPED:
-        print(f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
-              f"newest committed checkpoint")
+        print(
+            f"run {cfg.run.name} stopped; the same command (run.name={cfg.run.name}) resumes it from its "
+            f"newest committed checkpoint"
+        )
         return handle.returncode
     if handle.returncode == EXIT_KILLED:
-        print(f"run {cfg.run.name} was killed: its ranks did not stop within the grace period, so no stop "
-              f"checkpoint was committed; the same command resumes it from {newest_commit(home)}")
+        print(
+            f"run {cfg.run.name} was killed: its ranks did not stop within the grace period, so no stop "
+            f"checkpoint was committed; the same command resumes it from {newest_commit(home)}"
+        )
         return handle.returncode
     if handle.returncode:
-        print(f"run {cfg.run.name} failed (exit {handle.returncode})"
-              + (f": {handle.error}" if handle.error else "")
-              + f"\nlogs: {spec.log_dir}. Fix the cause; the same command then resumes it from {newest_commit(home)}")
+        print(
+            f"run {cfg.run.name} failed (exit {handle.returncode})"
+            + (f": {handle.error}" if handle.error else "")
+            + f"\nlogs: {spec.log_dir}. Fix the cause; the same command then resumes it from {newest_commit(home)}"
+        )
         return handle.returncode
     results = load_results(home)
     if results:
-        print(f"test top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
-              f"({results['num_videos']} videos, {results['views']} views) -> {home.store.url('results.json')}")
+        print(
+            f"test top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
+            f"({results['num_videos']} videos, {results['views']} views) -> {home.store.url('results.json')}"
+        )
     return 0
 
 
@@ -207,8 +234,10 @@ def unset_section(overrides: list[str], compose) -> str | None:
             section = ".".join(parts[:i])
             if OmegaConf.select(base, section, default="<absent>") is None:
                 group = parts[0]
-                return (f"{key}: {group}={choices.get(group, '?')} leaves {section} unset, so it cannot be "
-                        f"overridden; drop this override or select a {group} option that sets {section}")
+                return (
+                    f"{key}: {group}={choices.get(group, '?')} leaves {section} unset, so it cannot be "
+                    f"overridden; drop this override or select a {group} option that sets {section}"
+                )
     return None
 
 

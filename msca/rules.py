@@ -1,5 +1,6 @@
 """Value rules for config fields: `(test, what the value must be)`, checked at launch with the key named. Hydra
 checks keys and types; these check values (a negative count must not run silently)."""
+
 from __future__ import annotations
 
 from dataclasses import field

@@ -7,6 +7,7 @@
 STORE_ROOT defaults to $MSCA_STORE_ROOT or `outputs`; RUN is a run name under it or a run URI (a path or
 s3://...). `--deep` checks sha256 checksums too (reads every byte), not only sizes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def table(rows: list[tuple]) -> str:
 
 def run_names(store_root: str) -> list[str]:
     store = open_store(store_root)
-    return sorted({key.split("/", 2)[1] for key in store.list("runs") if key.endswith("/config.yaml")
-                   and key.count("/") == 2})
+    return sorted(
+        {key.split("/", 2)[1] for key in store.list("runs") if key.endswith("/config.yaml") and key.count("/") == 2}
+    )
 
 
 def cmd_ls(store_root: str, deep: bool) -> str:
@@ -80,26 +82,53 @@ def cmd_ls(store_root: str, deep: bool) -> str:
         ckpt = CheckpointManager(None, home)
         step = f"{attempts[-1].last_step}/{attempts[-1].total_steps}" if attempts else "-"
         goodput = f"{100 * summarize(attempts)['goodput']:.0f}%" if attempts else "-"
-        rows.append((name, status(home, attempts), step, newest_checkpoint(ckpt, deep), len(attempts), goodput,
-                     last_metrics(read_metrics(home.store))))
+        rows.append(
+            (
+                name,
+                status(home, attempts),
+                step,
+                newest_checkpoint(ckpt, deep),
+                len(attempts),
+                goodput,
+                last_metrics(read_metrics(home.store)),
+            )
+        )
     return table(rows) if len(rows) > 1 else f"no runs under {store_root}"
 
 
 def cmd_show(home: RunHome, deep: bool) -> str:
     attempts = read_attempts(home.store)
-    out = [f"run {home.name}: {home.uri}", f"status: {status(home, attempts)}",
-           f"newest checkpoint: {newest_checkpoint(CheckpointManager(None, home), deep)}",
-           f"last metrics: {last_metrics(read_metrics(home.store))}", ""]
+    out = [
+        f"run {home.name}: {home.uri}",
+        f"status: {status(home, attempts)}",
+        f"newest checkpoint: {newest_checkpoint(CheckpointManager(None, home), deep)}",
+        f"last metrics: {last_metrics(read_metrics(home.store))}",
+        "",
+    ]
     if attempts:
-        rows = [("attempt", "backend", "job", "hosts", "ranks", "started", "restored", "reached", "committed",
-                 "end")]
+        rows = [("attempt", "backend", "job", "hosts", "ranks", "started", "restored", "reached", "committed", "end")]
         for a in attempts:
-            rows.append((a.id, a.backend, a.job_key, ",".join(a.hosts), a.world_size, when(a.started),
-                         a.restored_step, a.last_step, "-" if a.last_committed_step is None else a.last_committed_step,
-                         a.end_reason or "vanished"))
+            rows.append(
+                (
+                    a.id,
+                    a.backend,
+                    a.job_key,
+                    ",".join(a.hosts),
+                    a.world_size,
+                    when(a.started),
+                    a.restored_step,
+                    a.last_step,
+                    "-" if a.last_committed_step is None else a.last_committed_step,
+                    a.end_reason or "vanished",
+                )
+            )
         s = summarize(attempts)
-        out += [table(rows), "", f"goodput {100 * s['goodput']:.1f}% of {s['wall']:.0f}s wall; badput: "
-                + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["badput"].items())]
+        out += [
+            table(rows),
+            "",
+            f"goodput {100 * s['goodput']:.1f}% of {s['wall']:.0f}s wall; badput: "
+            + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["badput"].items()),
+        ]
     return "\n".join(out)
 
 
@@ -133,8 +162,9 @@ def resolve(run: str, store_root: str) -> RunHome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m msca.runs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.runs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("command", choices=["ls", "show", "checkpoints"])
     p.add_argument("target", nargs="?", help="ls: a store root; show/checkpoints: a run name or URI")
     p.add_argument("--store", default=os.environ.get("MSCA_STORE_ROOT", "outputs"), help="store root for names")

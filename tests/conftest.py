@@ -1,4 +1,5 @@
 """Shared test setup: keep torch single-threaded (CI has 2 cores) and temp files out of /tmp's root."""
+
 import os
 
 import pytest
@@ -17,8 +18,8 @@ def _seeded():
 # A real S3 server (SeaweedFS) for storage/data/checkpoint tests: `s3_server` (session) and `s3_env` (per test).
 # A real two-node Ray (head on node1, worker node on node2; infra/ray/cluster.sh) and a SeaweedFS its nodes reach:
 # `ray_cluster`, `ray_s3` (session).
-from ray_cluster import ray_cluster, ray_s3  # noqa: E402,F401
-from s3_server import s3_env, s3_server  # noqa: E402,F401
+from ray_cluster import ray_cluster, ray_s3
+from s3_server import s3_env, s3_server
 
 # A real two-node SLURM (ctl, node1, node2 in namespaces; infra/slurm/cluster.sh): `slurm_cluster` (session).
-from slurm_cluster import slurm_cluster  # noqa: E402,F401
+from slurm_cluster import slurm_cluster

@@ -1,4 +1,5 @@
 """Run `python launch.py` for real (subprocess, as a user would) with laptop-small overrides."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,34 @@ TINY_MODEL = ["model.patch_size=8", "model.embed_dim=32", "model.depth=2", "mode
 
 def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
     return [
-        f"run.name={name}", f"store.root={tmp / 'store'}", f"data.root={data_root}",
-        "data.synthetic.classes=4", "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2", "data.synthetic.frames=16",
-        "data.synthetic.height=40", "data.synthetic.width=52",
-        "data.crop_size=32", "data.train_short_side=[36,44]", "data.test_short_side=36", "data.stride=2",
-        "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=4", "data.test_clips=1", "data.test_crops=1",
-        "train.progress=false", "train.log_every=1", "eval.plots=false", *TINY_MODEL,
+        f"run.name={name}",
+        f"store.root={tmp / 'store'}",
+        f"data.root={data_root}",
+        "data.synthetic.classes=4",
+        "data.synthetic.videos_per_class=6",
+        "data.synthetic.val_videos_per_class=2",
+        "data.synthetic.frames=16",
+        "data.synthetic.height=40",
+        "data.synthetic.width=52",
+        "data.crop_size=32",
+        "data.train_short_side=[36,44]",
+        "data.test_short_side=36",
+        "data.stride=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.test_clips=1",
+        "data.test_crops=1",
+        "train.progress=false",
+        "train.log_every=1",
+        "eval.plots=false",
+        *TINY_MODEL,
     ]
 
 
-def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300,
-               wrap: tuple = ()) -> subprocess.CompletedProcess:
+def run_launch(
+    overrides: list[str], env: dict | None = None, timeout: int = 300, wrap: tuple = ()
+) -> subprocess.CompletedProcess:
     """launch.py in its own session, so a hung run is killed with all of its ranks (not just launch.py,
     which would leave the ranks spinning on the test machine's cores), then the test fails."""
     proc = start_launch(overrides, env, wrap, start_new_session=True)
@@ -38,15 +56,22 @@ def run_launch(overrides: list[str], env: dict | None = None, timeout: int = 300
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def start_launch(overrides: list[str], env: dict | None = None, wrap: tuple = (), merged: bool = False,
-                 **popen) -> subprocess.Popen:
+def start_launch(
+    overrides: list[str], env: dict | None = None, wrap: tuple = (), merged: bool = False, **popen
+) -> subprocess.Popen:
     """launch.py in the background, as a user starts it, for tests that signal or kill it mid-run. `wrap` runs
     it through another command (a cluster node's exec); stdout and stderr (or both merged) come on pipes: read
     them with communicate()."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([*wrap, sys.executable, str(REPO / "launch.py"), *overrides], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
-                            text=True, **popen)
+    return subprocess.Popen(
+        [*wrap, sys.executable, str(REPO / "launch.py"), *overrides],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def metrics(store: Path, name: str) -> list[dict]:

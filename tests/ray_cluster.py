@@ -6,6 +6,7 @@ stops it by PID at the end. If it cannot start, the fixture raises: Ray tests FA
 `ray_s3` (session scope) is SeaweedFS listening on the namespaces' bridge too (workers on node1/node2 cannot
 reach the host's 127.0.0.1), at http://10.78.0.254:PORT.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ class RayCluster:
 
     def start_node2(self) -> None:
         """A fresh node2 (empty local disk) joins the head."""
-        subprocess.run(["bash", str(SCRIPT), "start-node2", str(self.dir)], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            ["bash", str(SCRIPT), "start-node2", str(self.dir)], check=True, capture_output=True, timeout=120
+        )
 
     def node_pids(self, node: str) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", f"msca-ray-{node}"], capture_output=True, text=True).stdout
@@ -67,7 +69,9 @@ def ray_cluster():
     if up.returncode != 0:
         subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, timeout=120)
         raise RuntimeError(f"the two-node Ray cluster did not start (rc={up.returncode}):\n{up.stdout}\n{up.stderr}")
-    exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export "))
+    exports = dict(
+        line[len("export ") :].split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
+    )
     try:
         yield RayCluster(state, exports["RAY_ADDRESS"], exports["RAY_API_SERVER_ADDRESS"])
     finally:
@@ -81,10 +85,22 @@ def ray_s3(ray_cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("seaweedfs-ray")
     base = free_port_base()
     ak, sk = "msca-test", f"secret-{uuid.uuid4().hex[:16]}"
-    env = dict(os.environ, SEAWEEDFS_PORT=str(base), SEAWEEDFS_ACCESS_KEY=ak, SEAWEEDFS_SECRET_KEY=sk,
-               PYTHON=sys.executable, SEAWEEDFS_START_TIMEOUT="60", SEAWEEDFS_HOST=BRIDGE_IP)
-    r = subprocess.run(["bash", str(REPO / "infra" / "seaweedfs.sh"), "start", str(workdir)], env=env,
-                       capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        SEAWEEDFS_PORT=str(base),
+        SEAWEEDFS_ACCESS_KEY=ak,
+        SEAWEEDFS_SECRET_KEY=sk,
+        PYTHON=sys.executable,
+        SEAWEEDFS_START_TIMEOUT="60",
+        SEAWEEDFS_HOST=BRIDGE_IP,
+    )
+    r = subprocess.run(
+        ["bash", str(REPO / "infra" / "seaweedfs.sh"), "start", str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"SeaweedFS did not start (rc={r.returncode}):\n{r.stdout}\n{r.stderr}")
     server = S3Server(f"http://{BRIDGE_IP}:{base}", ak, sk, workdir, int((workdir / "weed.pid").read_text()))

@@ -4,6 +4,7 @@ slurmdbd so job states are exact), never a mock.
 `slurm_cluster` (session scope) installs the packages if needed, starts the cluster once and stops it by PID at
 the end. If it cannot start, the fixture raises: SLURM tests FAIL, they are never skipped.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ class SlurmCluster:
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         """A SLURM client command (squeue, scancel, scontrol, sacct) against this cluster."""
-        return subprocess.run(list(cmd), env={**os.environ, **self.env}, capture_output=True, text=True,
-                              timeout=60, check=check)
+        return subprocess.run(
+            list(cmd), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=check
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The tree shows the architecture: imports flow one way (launch -> cluster -> jobs -> training -> runstate,
 data, model -> runtime, storage) with no circle, and the import rules of design.md hold. Read from the source
 (ast), so a violation fails here before it surprises a rank at run time."""
+
 import ast
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_no_import_circle_at_module_level():
 
     def visit(node):
         if node in stack:
-            cycle = stack[stack.index(node):] + [node]
+            cycle = stack[stack.index(node) :] + [node]
             pytest.fail("import circle: " + " -> ".join(cycle))
         if node in done:
             return
@@ -78,7 +79,8 @@ def test_import_rules():
             assert not any(m.startswith("msca.model") for m in ours), f"{name} (data) imports msca.model"
         if name.startswith(("msca.runtime", "msca.storage")):
             assert not any(m.startswith(("msca.training", "msca.cluster", "msca.launcher")) for m in ours), (
-                f"{name} (a lower layer) imports {ours}")
+                f"{name} (a lower layer) imports {ours}"
+            )
 
 
 def test_every_package_exports_its_api():

@@ -3,6 +3,7 @@ manifest is written only by `wait()` (next save / stop / end), and a failed uplo
 
 The engine here is a stand-in that writes files the way DeepSpeed's save_checkpoint does (real DeepSpeed
 engines are exercised end to end in test_resume.py); everything else is real."""
+
 import hashlib
 import json
 import threading

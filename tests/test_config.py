@@ -1,4 +1,5 @@
 """Every config option composes against the schema; typos, wrong types and bad values fail with the key named."""
+
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,7 @@ register_schema()
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.relative_to(CONFIGS / group).with_suffix("").as_posix()
-                  for p in (CONFIGS / group).rglob("*.yaml"))
+    return sorted(p.relative_to(CONFIGS / group).with_suffix("").as_posix() for p in (CONFIGS / group).rglob("*.yaml"))
 
 
 def make(overrides=()):
@@ -45,7 +45,13 @@ def test_k400_experiment_is_the_original_recipe():
     t = cfg.train
     assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.epochs) == ("sgd", 0.1, 0.9, 0.0, 18)
     assert (t.schedule, list(t.milestones), t.gamma, t.grad_accum, t.clip_grad, t.label_smoothing) == (
-        "step", [10, 15], 0.1, 10, 1.0, 0.1)
+        "step",
+        [10, 15],
+        0.1,
+        10,
+        1.0,
+        0.1,
+    )
     assert (cfg.data.num_frames, cfg.data.stride, cfg.data.test_clips, cfg.data.test_crops) == (8, 32, 10, 3)
     assert cfg.model.arch == "msca_b16" and cfg.model.pretrained.endswith(".npz")
     for twin, arch in (("vit", "vit_b16"), ("tokenshift", "tokenshift_b16")):
@@ -54,75 +60,98 @@ def test_k400_experiment_is_the_original_recipe():
 
 
 def test_deepspeed_json_states_batch_once():
-    cfg = make(["deepspeed=zero2_bf16", "data.batch_size=3", "train.grad_accum=4", "+deepspeed.extra.steps_per_print=7"])
+    cfg = make(
+        ["deepspeed=zero2_bf16", "data.batch_size=3", "train.grad_accum=4", "+deepspeed.extra.steps_per_print=7"]
+    )
     ds = deepspeed_config(cfg)
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 4
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["steps_per_print"] == 7
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("train.lrr=0.1", "lrr"),                # typo in a key
-    ("train.epochs=many", "train.epochs"),   # wrong type
-    ("model=msca_b17", "msca_b17"),          # unknown group option
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lrr=0.1", "lrr"),  # typo in a key
+        ("train.epochs=many", "train.epochs"),  # wrong type
+        ("model=msca_b17", "msca_b17"),  # unknown group option
+    ],
+)
 def test_bad_overrides_fail_at_compose_time(override, needle):
     with pytest.raises(ConfigCompositionException) as err:
         make([override])
     assert needle in str(err.value) + str(err.value.__cause__)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("deepspeed.precision=fp8", "deepspeed.precision"),
-    ("train.optimizer=lamb", "train.optimizer"),
-    ("train.grad_accum=0", "train.grad_accum"),
-    ("cluster.procs_per_node=-2", r"cluster\.procs_per_node=-2 must be >= 0"),
-    ("cluster=slurm cluster.nodes=0", "cluster.nodes"),
-    ("cluster=ray cluster.num_workers=0", r"cluster\.num_workers=0 must be >= 1"),
-    ("cluster=ray cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("data.eval_batch_size=0", "data.eval_batch_size"),
-    ("data.num_workers=-1", "data.num_workers"),
-    ("data.io_workers=0", "data.io_workers"),
-    ("data.val_clips=0", "data.val_clips"),
-    ("data.test_crops=0", "data.test_crops"),
-    ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
-    ("data.crop_size=0", "data.crop_size"),
-    ("data.crop_size=30", "data.crop_size=30 must be a multiple of the patch size"),
-    ("data.train_short_side=[20,40]", "data.train_short_side"),
-    ("data.train_short_side=[40,40]", "data.train_short_side"),
-    ("data.test_short_side=20", "data.test_short_side"),
-    ("data.synthetic.classes=0", "data.synthetic.classes"),
-    ("data.synthetic.quality=0", "data.synthetic.quality"),
-    ("data.synthetic.kind=zoom", "data.synthetic.kind"),
-    ("checkpoint.every_steps=-1", "checkpoint.every_steps"),
-    ("checkpoint.keep_last=-1", "checkpoint.keep_last"),
-    ("train.max_steps=-1", "train.max_steps"),
-    ("train.log_every=0", "train.log_every"),
-    ("train.momentum=1.0", "train.momentum"),
-    ("train.betas=[0.9,1.0]", r"train\.betas\[1\]"),
-    ("train.milestones=[3,-1]", r"train\.milestones\[1\]"),
-    ("train.min_lr=1.0", "train.min_lr"),
-    ("model.num_heads=5", "model.embed_dim=96 must be a multiple of model.num_heads=5"),
-    ("model.shift_div=1", "model.shift_div"),
-    ("model.drop_path_rate=1.0", "model.drop_path_rate"),
-    ("cluster.master_port=70000", "cluster.master_port"),
-    ("eval.crops=0", "eval.crops"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("deepspeed.precision=fp8", "deepspeed.precision"),
+        ("train.optimizer=lamb", "train.optimizer"),
+        ("train.grad_accum=0", "train.grad_accum"),
+        ("cluster.procs_per_node=-2", r"cluster\.procs_per_node=-2 must be >= 0"),
+        ("cluster=slurm cluster.nodes=0", "cluster.nodes"),
+        ("cluster=ray cluster.num_workers=0", r"cluster\.num_workers=0 must be >= 1"),
+        ("cluster=ray cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.eval_batch_size=0", "data.eval_batch_size"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.io_workers=0", "data.io_workers"),
+        ("data.val_clips=0", "data.val_clips"),
+        ("data.test_crops=0", "data.test_crops"),
+        ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
+        ("data.crop_size=0", "data.crop_size"),
+        ("data.crop_size=30", "data.crop_size=30 must be a multiple of the patch size"),
+        ("data.train_short_side=[20,40]", "data.train_short_side"),
+        ("data.train_short_side=[40,40]", "data.train_short_side"),
+        ("data.test_short_side=20", "data.test_short_side"),
+        ("data.synthetic.classes=0", "data.synthetic.classes"),
+        ("data.synthetic.quality=0", "data.synthetic.quality"),
+        ("data.synthetic.kind=zoom", "data.synthetic.kind"),
+        ("checkpoint.every_steps=-1", "checkpoint.every_steps"),
+        ("checkpoint.keep_last=-1", "checkpoint.keep_last"),
+        ("train.max_steps=-1", "train.max_steps"),
+        ("train.log_every=0", "train.log_every"),
+        ("train.momentum=1.0", "train.momentum"),
+        ("train.betas=[0.9,1.0]", r"train\.betas\[1\]"),
+        ("train.milestones=[3,-1]", r"train\.milestones\[1\]"),
+        ("train.min_lr=1.0", "train.min_lr"),
+        ("model.num_heads=5", "model.embed_dim=96 must be a multiple of model.num_heads=5"),
+        ("model.shift_div=1", "model.shift_div"),
+        ("model.drop_path_rate=1.0", "model.drop_path_rate"),
+        ("cluster.master_port=70000", "cluster.master_port"),
+        ("eval.crops=0", "eval.crops"),
+    ],
+)
 def test_bad_values_fail_validation(override, needle):
     with pytest.raises(ValueError, match=needle):
         validate(make(override.split()))
 
 
-@pytest.mark.parametrize("override", ["checkpoint.keep_last=0", "cluster=ray cluster.max_failures=-1",
-                                      "train.max_steps=0", "data.num_workers=0", "cluster.procs_per_node=0",
-                                      "train.val_every=0"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "checkpoint.keep_last=0",
+        "cluster=ray cluster.max_failures=-1",
+        "train.max_steps=0",
+        "data.num_workers=0",
+        "cluster.procs_per_node=0",
+        "train.val_every=0",
+    ],
+)
 def test_meaningful_zeros_and_minus_ones_pass(override):
     validate(make(override.split()))  # keep all checkpoints; Ray retries forever; no cap; main-process loading; ...
 
 
-@pytest.mark.parametrize("backend,key,owner", [("local", "num_workers", "ray"), ("local", "partition", "slurm"),
-                                               ("ray", "procs_per_node", "local"), ("slurm", "address", "ray")])
+@pytest.mark.parametrize(
+    "backend,key,owner",
+    [
+        ("local", "num_workers", "ray"),
+        ("local", "partition", "slurm"),
+        ("ray", "procs_per_node", "local"),
+        ("slurm", "address", "ray"),
+    ],
+)
 def test_a_key_of_another_backend_is_refused_naming_its_owner(backend, key, owner):
     """Each backend has its own schema: a key it lacks fails at compose time, and the launcher's line names the
     backend that has it (launch.py turns Hydra's three lines into this one)."""

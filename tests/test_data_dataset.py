@@ -1,4 +1,5 @@
 """Dataset, sampler and loader: shapes, determinism in (seed, epoch, index), resume, and bad input."""
+
 import dataclasses
 import os
 import subprocess
@@ -19,14 +20,26 @@ from msca.data import (
 from msca.data.synthetic import TRAIN_LIST, ensure_synthetic
 from msca.storage import open_store
 
-TINY = SyntheticConfig(classes=2, videos_per_class=4, val_videos_per_class=2, frames=12, height=24, width=32,
-                       kind="scroll")
+TINY = SyntheticConfig(
+    classes=2, videos_per_class=4, val_videos_per_class=2, frames=12, height=24, width=32, kind="scroll"
+)
 
 
 def tiny_cfg(root, **kw):
-    base = dict(root=str(root), num_frames=4, stride=2, crop_size=16, train_short_side=[20, 28],
-                test_short_side=20, val_clips=2, test_clips=3, test_crops=3, color_jitter_prob=0.5,
-                max_bad_fraction=0.5, num_workers=0)
+    base = dict(
+        root=str(root),
+        num_frames=4,
+        stride=2,
+        crop_size=16,
+        train_short_side=[20, 28],
+        test_short_side=20,
+        val_clips=2,
+        test_clips=3,
+        test_crops=3,
+        color_jitter_prob=0.5,
+        max_bad_fraction=0.5,
+        num_workers=0,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -45,8 +58,8 @@ def test_synthetic_generation_is_idempotent(tmp_path):
     mtime = lst.stat().st_mtime_ns
     assert len(ds) == 8 and ds.num_classes == 2 and ds.class_names == ["down_1px", "up_1px"]
     assert len(build_dataset(cfg, "val")) == 4
-    assert lst.stat().st_mtime_ns == mtime                       # second call: nothing regenerated
-    assert sorted(os.listdir(tmp_path)) == ["gen"]              # no temp dirs left behind
+    assert lst.stat().st_mtime_ns == mtime  # second call: nothing regenerated
+    assert sorted(os.listdir(tmp_path)) == ["gen"]  # no temp dirs left behind
 
 
 def test_shapes(root):
@@ -111,7 +124,7 @@ def test_sampler_partition_and_resume():
     for s in samplers:
         s.set_epoch(4)
     parts = [list(s) for s in samplers]
-    assert all(len(p) == 3 == len(s) for p, s in zip(parts, samplers))   # drop_last: 10 // 3
+    assert all(len(p) == 3 == len(s) for p, s in zip(parts, samplers))  # drop_last: 10 // 3
     flat = [i for p in parts for _, i in p]
     assert len(set(flat)) == 9 and all(e == 4 for p in parts for e, _ in p)
     again = ResumableDistributedSampler(n, 1, world, seed=1)
@@ -133,7 +146,7 @@ def test_resume_mid_epoch_replays_the_same_batches(root):
     full_s.set_epoch(2)
     full = _batches(ds, full_s, 0, batch=2)
     resumed_s = ResumableDistributedSampler(len(ds), seed=5)
-    resumed_s.set_epoch(2, start=2 * 2)                          # two batches of 2 consumed before the stop
+    resumed_s.set_epoch(2, start=2 * 2)  # two batches of 2 consumed before the stop
     resumed = _batches(build_dataset(tiny_cfg(root), "train", seed=5), resumed_s, 0, batch=2)
     assert len(resumed) == len(full) - 2
     for a, b in zip(full[2:], resumed):
@@ -142,20 +155,24 @@ def test_resume_mid_epoch_replays_the_same_batches(root):
 
 def _copy_root(root, dst):
     import shutil
+
     shutil.copytree(root, dst)
     return dst
 
 
 def test_bad_frames_replaced_by_nearest_neighbour(root, tmp_path):
     """A corrupt frame 3 and a missing frame 4 behave exactly like copies of frames 2 and 5."""
-    cfg = tiny_cfg(root, stride=1, num_frames=12, sampling="uniform")   # every frame of the 12 is used
+    cfg = tiny_cfg(root, stride=1, num_frames=12, sampling="uniform")  # every frame of the 12 is used
     ds = build_dataset(cfg, "val")
     vid = ds.records[0].path
     broken = _copy_root(root, tmp_path / "broken")
     fixed = _copy_root(root, tmp_path / "fixed")
-    f = lambda r, i: r / vid / f"img_{i:05d}.jpg"
-    f(broken, 3).write_bytes(f(broken, 3).read_bytes()[:200])           # truncated JPEG
-    f(broken, 4).unlink()                                                # missing
+
+    def f(r, i):
+        return r / vid / f"img_{i:05d}.jpg"
+
+    f(broken, 3).write_bytes(f(broken, 3).read_bytes()[:200])  # truncated JPEG
+    f(broken, 4).unlink()  # missing
     f(fixed, 3).write_bytes(f(root, 2).read_bytes())
     f(fixed, 4).write_bytes(f(root, 5).read_bytes())
     bad_ds = build_dataset(tiny_cfg(broken, stride=1, num_frames=12, sampling="uniform"), "val")
@@ -182,7 +199,7 @@ def test_unreadable_video_is_skipped_deterministically(root, tmp_path):
 
 def test_too_many_bad_videos_is_a_clear_error(root, tmp_path):
     broken = _copy_root(root, tmp_path / "broken")
-    ds = build_dataset(tiny_cfg(broken, max_bad_fraction=0.2), "train")    # 8 videos: at most 1 may be bad
+    ds = build_dataset(tiny_cfg(broken, max_bad_fraction=0.2), "train")  # 8 videos: at most 1 may be bad
     for j in (0, 1):
         (broken / ds.records[j].path / "img_00001.jpg").unlink()
     ds = build_dataset(tiny_cfg(broken, max_bad_fraction=0.2, stride=1, num_frames=12, sampling="uniform"), "train")
@@ -220,6 +237,7 @@ def test_local_and_s3_give_identical_tensors(root, s3_env):
 
 def test_synthetic_on_s3_and_wrong_credentials(s3_env, monkeypatch):
     from msca.storage import StoreAuthError
+
     uri = f"s3://{s3_env.make_bucket()}/syn"
     small = dataclasses.replace(TINY, videos_per_class=2, val_videos_per_class=1)
     ds = build_dataset(tiny_cfg(uri, synthetic=small), "train")
@@ -236,4 +254,4 @@ def test_eval_loader_over_an_index_list_with_read_ahead(root):
     assert [b["index"].tolist() for b in batches] == [[3, 0], [2]]
     assert batches[0]["video"].shape == (2, 6, 4, 3, 16, 16)
     assert torch.equal(batches[1]["video"][0], build_dataset(tiny_cfg(root), "val")[2]["video"])
-    assert not ds._ahead                                      # every read-ahead frame was consumed
+    assert not ds._ahead  # every read-ahead frame was consumed

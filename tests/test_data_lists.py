@@ -1,4 +1,5 @@
 """List files: both formats, auto-detection, class names, and errors that name file and line."""
+
 import pytest
 
 from msca.data.lists import (
@@ -14,8 +15,10 @@ from msca.data.lists import (
 
 def test_msca_comma_format():
     vl = parse_list("k400/frames331_train/abseiling/vid1,300,0\n\nk400/frames331_train/air drumming/v2,250,1\n")
-    assert vl.records == [VideoRecord("k400/frames331_train/abseiling/vid1", 300, 0),
-                          VideoRecord("k400/frames331_train/air drumming/v2", 250, 1)]
+    assert vl.records == [
+        VideoRecord("k400/frames331_train/abseiling/vid1", 300, 0),
+        VideoRecord("k400/frames331_train/air drumming/v2", 250, 1),
+    ]
     assert vl.class_names is None
     assert class_names_from_folders(vl.records) == ["abseiling", "air drumming"]
 
@@ -36,14 +39,17 @@ def test_subset_keeps_every_tenth():
     assert [r.path for r in parse_list(text, use_subset=True).records] == ["p/c/v0", "p/c/v10", "p/c/v20"]
 
 
-@pytest.mark.parametrize("text,line,what", [
-    ("a/v,10,0\nb/v,ten,1\n", 2, "not an integer"),
-    ("a/v,10,0\n\nb/v,10\n", 3, "expected 'path,frame_count,label'"),
-    ("a/v 10 0\nb/v 10\n", 2, "expected 'path frame_count label'"),
-    ("a/v,10,0\nb/v,-3,1\n", 2, "negative frame count"),
-    ("a/v,10,0\nb/v,3,cat\n", 1, "mixes"),
-    ("a/v,10,-1\n", 1, "negative label"),
-])
+@pytest.mark.parametrize(
+    "text,line,what",
+    [
+        ("a/v,10,0\nb/v,ten,1\n", 2, "not an integer"),
+        ("a/v,10,0\n\nb/v,10\n", 3, "expected 'path,frame_count,label'"),
+        ("a/v 10 0\nb/v 10\n", 2, "expected 'path frame_count label'"),
+        ("a/v,10,0\nb/v,-3,1\n", 2, "negative frame count"),
+        ("a/v,10,0\nb/v,3,cat\n", 1, "mixes"),
+        ("a/v,10,-1\n", 1, "negative label"),
+    ],
+)
 def test_malformed_lines_name_file_and_line(text, line, what):
     with pytest.raises(ListFormatError, match=f"lists/train.txt:{line}: .*{what}"):
         parse_list(text, source="lists/train.txt")
@@ -72,7 +78,9 @@ def test_frame_name_format_accepts_python_and_printf_styles():
 def test_label_out_of_range_names_file_and_line():
     vl = parse_list("# header\nt/a/v1,5,0\n\nt/b/v2,5,3\nt/c/v3,5,1\n", source="s3://b/train.txt")
     check_labels(vl, 4, "classes.txt")
-    with pytest.raises(ListFormatError, match=r"^s3://b/train\.txt:4: label 3 but only 3 classes \(from classes\.txt\)"):
+    with pytest.raises(
+        ListFormatError, match=r"^s3://b/train\.txt:4: label 3 but only 3 classes \(from classes\.txt\)"
+    ):
         check_labels(vl, 3, "classes.txt")
     sub = parse_list("".join(f"p/c/v{i},10,{i}\n" for i in range(25)), source="l.txt", use_subset=True)
     with pytest.raises(ListFormatError, match=r"^l\.txt:21: label 20"):  # the subset keeps line numbers

@@ -1,6 +1,7 @@
 """The synthetic set: Kinetics layout, deterministic, and its class is in the change over time, not in any frame.
 
 Both kinds: "hue" (colours cycling forwards/backwards, the default) and "scroll" (texture moving up/down)."""
+
 import dataclasses
 
 import numpy as np
@@ -12,8 +13,9 @@ from msca.data.lists import parse_list
 from msca.data.synthetic import class_names, class_velocity, generate, hue_class_names, main
 from msca.storage import open_store
 
-CFG = SyntheticConfig(classes=4, videos_per_class=10, val_videos_per_class=6, frames=16, height=32, width=40,
-                      kind="scroll")
+CFG = SyntheticConfig(
+    classes=4, videos_per_class=10, val_videos_per_class=6, frames=16, height=32, width=40, kind="scroll"
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,17 @@ def root(roots):
 
 
 def data_cfg(root, **kw):
-    return DataConfig(root=str(root), num_frames=8, stride=2, crop_size=32, train_short_side=[36, 44],
-                      test_short_side=36, val_clips=1, test_crops=1, **kw)
+    return DataConfig(
+        root=str(root),
+        num_frames=8,
+        stride=2,
+        crop_size=32,
+        train_short_side=[36, 44],
+        test_short_side=36,
+        val_clips=1,
+        test_crops=1,
+        **kw,
+    )
 
 
 def test_layout_and_lists(root):
@@ -50,8 +61,28 @@ def test_layout_and_lists(root):
 
 
 def test_deterministic_and_cli(root, tmp_path):
-    assert main([str(tmp_path / "cli"), "--classes", "4", "--videos-per-class", "10", "--val-videos-per-class",
-                 "6", "--frames", "16", "--height", "32", "--width", "40", "--kind", "scroll"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "cli"),
+                "--classes",
+                "4",
+                "--videos-per-class",
+                "10",
+                "--val-videos-per-class",
+                "6",
+                "--frames",
+                "16",
+                "--height",
+                "32",
+                "--width",
+                "40",
+                "--kind",
+                "scroll",
+            ]
+        )
+        == 0
+    )
     rel = "frames_val/up_3px/val_003_00002/img_00007.jpg"
     assert (tmp_path / "cli" / rel).read_bytes() == (root / rel).read_bytes()
 
@@ -67,8 +98,10 @@ def _vertical_shift(a, b):
 
 def _hue_turn(a, b):
     """Rotation (degrees) of the colours from a to b about the grey axis, both (3, H, W)."""
+
     def uv(x):
         return (x[0] - x[1]) / np.sqrt(2), (x[0] + x[1] - 2 * x[2]) / np.sqrt(6)
+
     (u1, v1), (u2, v2) = uv(a), uv(b)
     return np.degrees(np.arctan2((u1 * v2 - v1 * u2).sum(), (u1 * u2 + v1 * v2).sum()))
 
@@ -81,7 +114,7 @@ def test_class_is_readable_across_time(roots, kind):
     correct = 0
     for i in range(0, 40, 2):
         s = ds[(0, i)]
-        v = s["video"].numpy()                                              # (T, 3, c, c)
+        v = s["video"].numpy()  # (T, 3, c, c)
         if kind == "scroll":
             grey = v.mean(1)
             step = np.median([_vertical_shift(grey[t], grey[t + 1]) for t in range(7)])
@@ -90,22 +123,23 @@ def test_class_is_readable_across_time(roots, kind):
             step = np.median([_hue_turn(v[t], v[t + 1]) for t in range(7)])
             fast = abs(step) > 36.0
         correct += (0 if step > 0 else 1) + (2 if fast else 0) == s["label"]
-    assert correct >= 18                                                    # of 20
+    assert correct >= 18  # of 20
 
 
 @pytest.mark.parametrize("kind", ["scroll", "hue"])
 def test_frame_wise_model_is_at_chance(roots, kind):
     """A classifier that sees frames one at a time (logits averaged over the clip) learns nothing that
     transfers: every frame has the same distribution in every class."""
+
     def frames(split):
         ds = build_dataset(data_cfg(roots[kind], flip=False, color_jitter_prob=0.0), split, seed=0)
         xs, ys = [], []
         for i in range(len(ds)):
-            v = ds[(0, i)]["video"] if split == "train" else ds[i]["video"][0]   # (T, 3, c, c)
-            feats = torch.nn.functional.avg_pool2d(v, 4).flatten(1)            # (T, 3*8*8) per-frame features
-            xs.append(torch.cat([feats, feats ** 2], 1))
+            v = ds[(0, i)]["video"] if split == "train" else ds[i]["video"][0]  # (T, 3, c, c)
+            feats = torch.nn.functional.avg_pool2d(v, 4).flatten(1)  # (T, 3*8*8) per-frame features
+            xs.append(torch.cat([feats, feats**2], 1))
             ys.append(ds.records[i].label)
-        return torch.stack(xs), torch.tensor(ys)                               # (N, T, F), (N,)
+        return torch.stack(xs), torch.tensor(ys)  # (N, T, F), (N,)
 
     xtr, ytr = frames("train")
     xva, yva = frames("val")
@@ -116,12 +150,12 @@ def test_frame_wise_model_is_at_chance(roots, kind):
     opt = torch.optim.Adam(lin.parameters(), lr=0.01, weight_decay=1e-3)
     for _ in range(150):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xtr).mean(1), ytr)     # frame logits averaged over T
+        loss = torch.nn.functional.cross_entropy(lin(xtr).mean(1), ytr)  # frame logits averaged over T
         loss.backward()
         opt.step()
     acc = (lin(xva).mean(1).argmax(1) == yva).float().mean().item()
     print(f"frame-wise val accuracy ({kind}): {acc:.2f}")
-    assert acc <= 0.5                                                         # chance 0.25; 24 val videos
+    assert acc <= 0.5  # chance 0.25; 24 val videos
 
 
 def test_existing_set_with_other_settings_is_refused(roots):

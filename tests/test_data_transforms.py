@@ -1,4 +1,5 @@
 """Transforms: clip-consistent (one set of parameters for all T frames), PIL-equivalent resize, any input size."""
+
 import io
 
 import numpy as np
@@ -31,8 +32,9 @@ def jpeg(arr, quality=92):
     return buf.getvalue()
 
 
-ALL_ON = TrainAugParams(flip=True, short_side=36, crop_fx=0.3, crop_fy=0.7, brightness=1.4, saturation=2.0,
-                        gamma=0.9, hue=0.2)
+ALL_ON = TrainAugParams(
+    flip=True, short_side=36, crop_fx=0.3, crop_fy=0.7, brightness=1.4, saturation=2.0, gamma=0.9, hue=0.2
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -40,7 +42,7 @@ def test_train_clip_is_clip_consistent(seed):
     """Processing a clip equals processing each frame alone with the same parameters (nothing per-frame)."""
     p = draw_train_params(sample_rng(seed, 0, 0, 1), (32, 48), True, 0.5) if seed else ALL_ON
     fr = frames()
-    clip = train_clip(fr, p, crop=28)                                # (T, 3, 28, 28)
+    clip = train_clip(fr, p, crop=28)  # (T, 3, 28, 28)
     assert clip.shape == (4, 3, 28, 28) and clip.dtype == torch.float32
     assert clip.min() >= -1 and clip.max() <= 1
     for i, f in enumerate(fr):
@@ -52,7 +54,7 @@ def test_train_clip_is_clip_consistent(seed):
 def test_flip_and_crop_geometry():
     """flip -> resize -> crop at offset o, as the original, equals the mirrored crop of the unflipped frame."""
     fr = frames(1, 30, 40)
-    plain = TrainAugParams(flip=False, short_side=30, crop_fx=0.0, crop_fy=0.0)   # no resize: crop (0, 0)
+    plain = TrainAugParams(flip=False, short_side=30, crop_fx=0.0, crop_fy=0.0)  # no resize: crop (0, 0)
     flipped = TrainAugParams(flip=True, short_side=30, crop_fx=0.0, crop_fy=0.0)
     a = train_clip(fr, plain, crop=20)[0]
     b = train_clip(fr, flipped, crop=20)[0]
@@ -63,7 +65,7 @@ def test_flip_and_crop_geometry():
 
 def test_resize_matches_pil_bicubic():
     arr = np.asarray(Image.fromarray(frames(1, 120, 160)[0]).resize((160, 120), Image.BILINEAR))
-    for (h, w) in [(90, 120), (60, 80), (150, 200)]:
+    for h, w in [(90, 120), (60, 80), (150, 200)]:
         ours = resize(torch.from_numpy(arr.copy()).permute(2, 0, 1)[None], h, w)[0].permute(1, 2, 0).numpy()
         pil = np.asarray(Image.fromarray(arr).resize((w, h), Image.BICUBIC))
         assert np.abs(ours.astype(int) - pil).max() <= 1
@@ -98,35 +100,35 @@ def test_color_jitter_ops():
     grey = color_jitter(x, TrainAugParams(False, 8, 0, 0, saturation=0.0))
     assert (grey.max(1).values.int() - grey.min(1).values.int()).max() <= 1
     full_turn = color_jitter(x, TrainAugParams(False, 8, 0, 0, hue=0.5))
-    back = color_jitter(full_turn, TrainAugParams(False, 8, 0, 0, hue=0.5))   # +180 deg twice
+    back = color_jitter(full_turn, TrainAugParams(False, 8, 0, 0, hue=0.5))  # +180 deg twice
     assert (back.int() - x.int()).abs().float().mean() < 2
 
 
 def test_eval_views_layout_and_crops():
-    assert eval_crop_offsets(64, 86, 56, 3) == [(4, 15), (4, 0), (4, 30)]     # centre, left, right
+    assert eval_crop_offsets(64, 86, 56, 3) == [(4, 15), (4, 0), (4, 30)]  # centre, left, right
     assert eval_crop_offsets(86, 64, 56, 3) == [(15, 4), (15, 0), (15, 8)]
     assert eval_crop_offsets(64, 86, 56, 1) == [(4, 15)]
     fr = frames(5, 64, 86)
-    clips = np.array([[0, 1, 2], [2, 3, 4]])                                  # (n=2, T=3) into 5 unique frames
+    clips = np.array([[0, 1, 2], [2, 3, 4]])  # (n=2, T=3) into 5 unique frames
     v = eval_views(fr, clips, 64, 56, 3)
-    assert v.shape == (6, 3, 3, 56, 56)                                        # (clips*crops, T, 3, c, c)
+    assert v.shape == (6, 3, 3, 56, 56)  # (clips*crops, T, 3, c, c)
     full = torch.from_numpy(np.stack(fr)).permute(0, 3, 1, 2).float() / 127.5 - 1
     for k in range(2):
         for j, (oy, ox) in enumerate(eval_crop_offsets(64, 86, 56, 3)):
-            assert torch.allclose(v[k * 3 + j], full[clips[k]][:, :, oy:oy + 56, ox:ox + 56], atol=1e-6)
+            assert torch.allclose(v[k * 3 + j], full[clips[k]][:, :, oy : oy + 56, ox : ox + 56], atol=1e-6)
 
 
 def test_decoders_and_corruption():
-    arr = np.asarray(Image.fromarray(frames(1, 8, 12)[0]).resize((96, 64), Image.BICUBIC))   # smooth
+    arr = np.asarray(Image.fromarray(frames(1, 8, 12)[0]).resize((96, 64), Image.BICUBIC))  # smooth
     data = jpeg(arr)
     assert decoders()[0][0] == "simplejpeg"
     out = decode_rgb(data)
     assert out.shape == (64, 96, 3) and np.abs(out.astype(int) - arr).mean() < 12
-    assert decode_rgb(data, min_short=30).shape == (32, 48, 3)               # DCT-domain 1/2 (like PIL draft)
+    assert decode_rgb(data, min_short=30).shape == (32, 48, 3)  # DCT-domain 1/2 (like PIL draft)
     assert decode_rgb(data, min_short=33).shape == (64, 96, 3)
     png = io.BytesIO()
     Image.fromarray(arr).save(png, format="PNG")
-    assert decode_rgb(png.getvalue()).shape == (64, 96, 3)                    # non-JPEG: PIL fallback
+    assert decode_rgb(png.getvalue()).shape == (64, 96, 3)  # non-JPEG: PIL fallback
     for bad in [b"", b"not an image", data[: len(data) // 2]]:
         with pytest.raises(DecodeError):
             decode_rgb(bad)
@@ -134,7 +136,8 @@ def test_decoders_and_corruption():
 
 def test_hue_shift_matches_hsv_reference():
     import colorsys
-    x = torch.from_numpy(np.stack(frames(1, 6, 7))).permute(0, 3, 1, 2).contiguous()   # (1, 3, 6, 7)
+
+    x = torch.from_numpy(np.stack(frames(1, 6, 7))).permute(0, 3, 1, 2).contiguous()  # (1, 3, 6, 7)
     for shift in (-0.45, -0.1, 0.2, 0.5):
         ours = color_jitter(x, TrainAugParams(False, 8, 0, 0, hue=shift))[0].permute(1, 2, 0).numpy().astype(int)
         ref = np.zeros_like(ours)

@@ -1,5 +1,6 @@
 """The embedded default must learn on every seed (issue 7): the real `python launch.py` recipe, unchanged
 except where it writes, for two seeds that sat at chance before the synthetic set's cue was fixed."""
+
 import json
 
 import pytest
@@ -15,9 +16,18 @@ def data_root(tmp_path_factory):
 @pytest.mark.parametrize("seed", [3, 4])
 def test_default_run_learns(tmp_path, data_root, seed):
     store = tmp_path / "store"
-    proc = run_launch([f"seed={seed}", f"run.name=default-s{seed}", f"store.root={store}",
-                       f"data.root={data_root}/synthetic", "train.progress=false", "eval.plots=false"],
-                      env={"OMP_NUM_THREADS": "2"}, timeout=600)
+    proc = run_launch(
+        [
+            f"seed={seed}",
+            f"run.name=default-s{seed}",
+            f"store.root={store}",
+            f"data.root={data_root}/synthetic",
+            "train.progress=false",
+            "eval.plots=false",
+        ],
+        env={"OMP_NUM_THREADS": "2"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((store / "runs" / f"default-s{seed}" / "results.json").read_text())
     assert res["model"] == "msca_tiny" and res["num_videos"] == 100

@@ -1,6 +1,7 @@
 """Faults a run must survive or report honestly: a second launch of a running run, and an error on one rank
 inside a collective section (save, commit, load), which must reach every rank at once, not after the
 process group's 30-minute timeout."""
+
 import json
 import os
 import subprocess
@@ -10,8 +11,15 @@ import time
 import pytest
 from launch_helpers import run_launch, small_overrides, start_launch
 
-COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=2", "train.val_every=0", "eval.at_end=false",
-          "data.batch_size=2", "checkpoint.every_steps=2"]
+COMMON = [
+    "cluster.procs_per_node=2",
+    "deepspeed=zero2",
+    "train.epochs=2",
+    "train.val_every=0",
+    "eval.at_end=false",
+    "data.batch_size=2",
+    "checkpoint.every_steps=2",
+]
 
 
 def test_second_launch_of_a_running_run_is_refused(tmp_path):
@@ -37,8 +45,9 @@ def test_second_launch_of_a_running_run_is_refused(tmp_path):
     assert steps == sorted(set(steps))  # one writer: no interleaved records
 
 
-@pytest.mark.parametrize("section,first_steps", [("preparing checkpoint", 0), ("committing checkpoint", 0),
-                                                  ("reading the manifest", 2)])
+@pytest.mark.parametrize(
+    "section,first_steps", [("preparing checkpoint", 0), ("committing checkpoint", 0), ("reading the manifest", 2)]
+)
 def test_error_on_rank_1_in_a_collective_section_reaches_every_rank(tmp_path, section, first_steps):
     overrides = small_overrides(tmp_path, tmp_path / "data", "fault") + COMMON
     if first_steps:  # something to load
@@ -56,9 +65,17 @@ def test_error_on_rank_1_in_a_collective_section_reaches_every_rank(tmp_path, se
 
 def test_time_based_checkpoints(tmp_path):
     """checkpoint.every_minutes saves on rank 0's clock, agreed by every rank, with no step or epoch interval."""
-    overrides = small_overrides(tmp_path, tmp_path / "data", "timed") + COMMON + [
-        "checkpoint.every_steps=0", "checkpoint.every_epochs=0", "checkpoint.every_minutes=0.0001",
-        "checkpoint.keep_last=10", "train.max_steps=4"]
+    overrides = (
+        small_overrides(tmp_path, tmp_path / "data", "timed")
+        + COMMON
+        + [
+            "checkpoint.every_steps=0",
+            "checkpoint.every_epochs=0",
+            "checkpoint.every_minutes=0.0001",
+            "checkpoint.keep_last=10",
+            "train.max_steps=4",
+        ]
+    )
     proc = run_launch(overrides)
     assert proc.returncode == 0, proc.stderr
     ckpts = tmp_path / "store" / "runs" / "timed" / "checkpoints"
@@ -75,16 +92,17 @@ def test_a_corrupt_video_on_rank_1_is_the_story_the_launcher_tells(tmp_path):
     from msca.storage import open_store
 
     data = tmp_path / "data"
-    generate(open_store(str(data)), SyntheticConfig(classes=4, videos_per_class=6, val_videos_per_class=2,
-                                                    frames=16, height=40, width=52))
+    generate(
+        open_store(str(data)),
+        SyntheticConfig(classes=4, videos_per_class=6, val_videos_per_class=2, frames=16, height=40, width=52),
+    )
     records = parse_list((data / "trainValTest" / "train.txt").read_text()).records
     sampler = ResumableDistributedSampler(len(records), rank=1, world_size=2, seed=0, shuffle=True, drop_last=True)
     victim = records[int(sampler.rank_indices(0)[0])].path
     assert victim != records[0].path  # the launch's own data check reads the first video
     for frame in (data / victim).iterdir():
         frame.write_bytes(b"not a jpeg")
-    overrides = small_overrides(tmp_path, data, "corrupt") + COMMON + ["train.max_steps=2",
-                                                                       "data.max_bad_fraction=0"]
+    overrides = small_overrides(tmp_path, data, "corrupt") + COMMON + ["train.max_steps=2", "data.max_bad_fraction=0"]
     proc = run_launch(overrides, timeout=180)
     assert proc.returncode not in (0, 2, 3)
     assert "rank 1 on" in proc.stdout and "failed first: BadDataError" in proc.stdout
@@ -138,8 +156,10 @@ def test_a_stop_interrupts_an_evaluation_between_batches():
     from msca.runtime.preemption import EvaluationInterrupted
     from msca.training.evaluation import predict
 
-    batches = [{"video": torch.zeros(1, 1, 2, 3, 8, 8), "label": torch.zeros(1, dtype=torch.long),
-                "index": torch.tensor([i])} for i in range(5)]
+    batches = [
+        {"video": torch.zeros(1, 1, 2, 3, 8, 8), "label": torch.zeros(1, dtype=torch.long), "index": torch.tensor([i])}
+        for i in range(5)
+    ]
     seen = []
 
     def forward(x):  # (B*V, T, 3, H, W) -> (B*V, K)
@@ -171,11 +191,12 @@ def test_a_signal_after_a_recorded_clean_end_is_not_a_failure(tmp_path):
     fail the launch, and the other ranks are not stopped: rank 0 may still be writing its last records."""
     from msca.cluster.local import poll_until_done
 
-    ends_then_aborts = ("import json, os, sys; open(sys.argv[1], 'w').write(json.dumps({'code': 0})); "
-                        "os.abort()")
+    ends_then_aborts = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps({'code': 0})); os.abort()"
     still_writing = "import time; time.sleep(3)"
-    procs = [subprocess.Popen([sys.executable, "-c", still_writing]),
-             subprocess.Popen([sys.executable, "-c", ends_then_aborts, str(tmp_path / "rank1.end.json")])]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", still_writing]),
+        subprocess.Popen([sys.executable, "-c", ends_then_aborts, str(tmp_path / "rank1.end.json")]),
+    ]
     assert poll_until_done(procs, deadline=time.time() + 60, log_dir=tmp_path) == 0
     assert procs[0].returncode == 0  # not terminated by the launcher
 

@@ -6,6 +6,7 @@ the suite); infra/gpu/check.sh runs `pytest -m gpu tests/test_gpu.py` on the GPU
 the real train job (jobs.train.Train) in this process with one rank: the code a `cluster.gpus_per_node=N` run
 executes on each rank, minus the other ranks.
 """
+
 from __future__ import annotations
 
 import io
@@ -132,8 +133,14 @@ def nccl_group():
     from msca.runtime import dist
 
     saved = {k: os.environ.get(k) for k in (*dist.TORCH_KEYS, "LOCAL_WORLD_SIZE")}
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(dist.free_port()))
+    os.environ.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(dist.free_port()),
+    )
     dist.init_distributed(timeout_s=120)
     yield
     if tdist.is_initialized():
@@ -168,10 +175,20 @@ def compose_run(tmp_path, overrides: list[str]):
     from msca.runstate.home import RunHome, run_uri
 
     register_schema()
-    fixed = [f"store.root={tmp_path / 'store'}", "run.name=gpu", f"data.root={tmp_path / 'synthetic'}",
-             "data.synthetic.videos_per_class=8", "data.synthetic.val_videos_per_class=2", "data.batch_size=4",
-             "data.num_workers=1", "train.val_every=0", "train.log_every=1", "train.progress=false",
-             "eval.at_end=false", "checkpoint.background=false"]
+    fixed = [
+        f"store.root={tmp_path / 'store'}",
+        "run.name=gpu",
+        f"data.root={tmp_path / 'synthetic'}",
+        "data.synthetic.videos_per_class=8",
+        "data.synthetic.val_videos_per_class=2",
+        "data.batch_size=4",
+        "data.num_workers=1",
+        "train.val_every=0",
+        "train.log_every=1",
+        "train.progress=false",
+        "eval.at_end=false",
+        "checkpoint.background=false",
+    ]
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(config_name="config", overrides=fixed + overrides)
     absolutize(cfg)
@@ -190,7 +207,7 @@ def zero2_masters(engine) -> dict[str, torch.Tensor]:
         assert flat32.numel() == flat16.numel(), "one rank holds the whole partition"
         for p in params:
             offset = (p.data_ptr() - flat16.data_ptr()) // p.element_size()
-            out[names[id(p)]] = flat32[offset:offset + p.numel()].view_as(p).detach().float().cpu().clone()
+            out[names[id(p)]] = flat32[offset : offset + p.numel()].view_as(p).detach().float().cpu().clone()
     return out
 
 
@@ -208,8 +225,9 @@ def zero2_run(nccl_group, tmp_path_factory):
             super().__init__(*args, **kw)
             Recorded.last = self
 
-    cfg, home = compose_run(tmp_path_factory.mktemp("zero2"),
-                            ["model=msca_tiny", "deepspeed=zero2_bf16", "train.max_steps=3"])
+    cfg, home = compose_run(
+        tmp_path_factory.mktemp("zero2"), ["model=msca_tiny", "deepspeed=zero2_bf16", "train.max_steps=3"]
+    )
     real = jobs.train.Trainer
     jobs.train.Trainer = Recorded
     try:
@@ -271,8 +289,9 @@ def test_checkpoint_resume_takes_the_identical_next_step(zero2_run):
     batch = {"video": torch.randn(4, 8, 3, 32, 32, generator=gen), "label": torch.tensor([0, 1, 1, 0])}
     restored = Trainer(cfg, home)
     assert restored.state.step == 3
-    assert all(torch.equal(a, b) for a, b in zip(original.engine.module.parameters(),
-                                                   restored.engine.module.parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(original.engine.module.parameters(), restored.engine.module.parameters())
+    )
     loss_a, loss_b = one_step(original, batch), one_step(restored, batch)
     assert loss_a == loss_b
     after_a, after_b = fp32_state_dict(original.engine), fp32_state_dict(restored.engine)

@@ -1,4 +1,5 @@
 """`python launch.py` end to end: real processes, real DeepSpeed engines on gloo, the real data pipeline."""
+
 import json
 
 import pytest
@@ -15,9 +16,16 @@ def data_root(tmp_path_factory):
 def test_two_rank_deepspeed_training_learns(tmp_path, data_root, deepspeed, accum):
     name = f"ds-{deepspeed}"
     overrides = small_overrides(tmp_path, data_root, name) + [
-        f"deepspeed={deepspeed}", f"train.grad_accum={accum}", f"data.batch_size={4 // accum}",
-        "cluster.procs_per_node=2", "train.epochs=4", "train.lr=3e-3",
-        "train.warmup_epochs=0", "train.schedule=constant", "train.val_every=0", "eval.at_end=false",
+        f"deepspeed={deepspeed}",
+        f"train.grad_accum={accum}",
+        f"data.batch_size={4 // accum}",
+        "cluster.procs_per_node=2",
+        "train.epochs=4",
+        "train.lr=3e-3",
+        "train.warmup_epochs=0",
+        "train.schedule=constant",
+        "train.val_every=0",
+        "eval.at_end=false",
     ]
     proc = run_launch(overrides)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -71,11 +79,14 @@ def test_default_job_end_to_end_with_eval_and_relaunch_rules(tmp_path, data_root
     assert again["views"] == "2x3" and again["num_videos"] == 8
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("train.lrr=1", "lrr"),
-    ("deepspeed.precision=fp8", "deepspeed.precision"),
-    ("model=nope", "nope"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lrr=1", "lrr"),
+        ("deepspeed.precision=fp8", "deepspeed.precision"),
+        ("model=nope", "nope"),
+    ],
+)
 def test_bad_override_is_a_short_error(tmp_path, override, needle):
     proc = run_launch([f"store.root={tmp_path}", override], timeout=60)
     assert proc.returncode != 0
@@ -99,9 +110,18 @@ def test_pretrained_npz_initialises_the_job_model(tmp_path, data_root):
     npz = tmp_path / "vit_tiny_in21k.npz"
     np.savez(npz, **arrays)
     name = "pretrained"
-    proc = run_launch(small_overrides(tmp_path, data_root, name) + [
-        f"model.pretrained={npz}", "train.max_steps=1", "train.optimizer=sgd", "train.lr=1e-12",
-        "train.momentum=0", "train.val_every=0", "eval.at_end=false"])
+    proc = run_launch(
+        small_overrides(tmp_path, data_root, name)
+        + [
+            f"model.pretrained={npz}",
+            "train.max_steps=1",
+            "train.optimizer=sgd",
+            "train.lr=1e-12",
+            "train.momentum=0",
+            "train.val_every=0",
+            "eval.at_end=false",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sd = torch.load(io.BytesIO((tmp_path / "store" / "runs" / name / "model.pt").read_bytes()), weights_only=True)
     want = torch.from_numpy(arrays["embedding/kernel"]).permute(3, 2, 0, 1)
@@ -109,7 +129,9 @@ def test_pretrained_npz_initialises_the_job_model(tmp_path, data_root):
     q = arrays["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"].reshape(32, 32).T
     torch.testing.assert_close(sd["blocks.1.attn.qkv.weight"][:32], torch.from_numpy(q), rtol=0, atol=1e-6)
     assert sd["pos_embed"].shape == (1, 1 + 4 * 4, 32)
-    torch.testing.assert_close(sd["pos_embed"][0, 0], torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 0]))
+    torch.testing.assert_close(
+        sd["pos_embed"][0, 0], torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 0])
+    )
     assert sd["head.weight"].abs().max() < 1e-6 and sd["head.bias"].abs().max() < 1e-6
 
 
@@ -119,15 +141,30 @@ def make_k400(root, frame_format="img_{:05d}.jpg"):
     from msca.data.synthetic import generate
     from msca.storage import open_store
 
-    generate(open_store(str(root)), SyntheticConfig(classes=3, videos_per_class=4, val_videos_per_class=1,
-                                                    frames=40, height=40, width=52), frame_format=frame_format)
+    generate(
+        open_store(str(root)),
+        SyntheticConfig(classes=3, videos_per_class=4, val_videos_per_class=1, frames=40, height=40, width=52),
+        frame_format=frame_format,
+    )
     return root
 
 
 def k400_overrides(tmp_path, root, name):
-    return [f"store.root={tmp_path / 'store'}", f"run.name={name}", "data=k400", f"data.root={root}",
-            "data.crop_size=32", "data.train_short_side=[36,44]", "data.test_short_side=36", "data.batch_size=2",
-            "data.eval_batch_size=2", "data.num_workers=0", "train.progress=false", "eval.plots=false", *TINY_MODEL]
+    return [
+        f"store.root={tmp_path / 'store'}",
+        f"run.name={name}",
+        "data=k400",
+        f"data.root={root}",
+        "data.crop_size=32",
+        "data.train_short_side=[36,44]",
+        "data.test_short_side=36",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "train.progress=false",
+        "eval.plots=false",
+        *TINY_MODEL,
+    ]
 
 
 def assert_one_line_error(proc, *needles):
@@ -149,8 +186,12 @@ def test_failing_ranks_fail_the_launch_and_a_never_trained_run_keeps_no_lock(tmp
     for line in train[1:]:
         for frame in (root / line.split(",")[0]).iterdir():
             frame.unlink()
-    base = k400_overrides(tmp_path, root, "broken") + ["cluster.procs_per_node=2", "train.max_steps=1",
-                                                        "train.val_every=0", "eval.at_end=false"]
+    base = k400_overrides(tmp_path, root, "broken") + [
+        "cluster.procs_per_node=2",
+        "train.max_steps=1",
+        "train.val_every=0",
+        "eval.at_end=false",
+    ]
     proc = run_launch(base, timeout=120)
     assert proc.returncode not in (0, 2), proc.stdout + proc.stderr
     assert "run broken failed" in proc.stdout and "BadDataError" in proc.stderr
@@ -164,16 +205,19 @@ def test_failing_ranks_fail_the_launch_and_a_never_trained_run_keeps_no_lock(tmp
     assert "max_bad_fraction: 1.0" in (home / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("cluster.procs_per_node=-2", "cluster.procs_per_node=-2"),
-    ("data.batch_size=0", "data.batch_size=0"),
-    ("checkpoint.every_steps=-1", "checkpoint.every_steps=-1"),
-    ("train.max_steps=-5", "train.max_steps=-5"),
-    ("data.num_workers=-1", "data.num_workers=-1"),
-    ("data.crop_size=30", "data.crop_size=30"),
-    ("data.test_clips=0", "data.test_clips=0"),
-    ("data=k400 data.synthetic.classes=3", "data.synthetic.classes: data=k400"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("cluster.procs_per_node=-2", "cluster.procs_per_node=-2"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("checkpoint.every_steps=-1", "checkpoint.every_steps=-1"),
+        ("train.max_steps=-5", "train.max_steps=-5"),
+        ("data.num_workers=-1", "data.num_workers=-1"),
+        ("data.crop_size=30", "data.crop_size=30"),
+        ("data.test_clips=0", "data.test_clips=0"),
+        ("data=k400 data.synthetic.classes=3", "data.synthetic.classes: data=k400"),
+    ],
+)
 def test_bad_values_are_one_line_and_write_nothing(tmp_path, override, needle):
     proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=bad", *override.split()], timeout=60)
     assert_one_line_error(proc, needle)
@@ -184,8 +228,7 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path):
     """A missing data.root, a label past the class list (named by file:line) and an unreadable or missing first
     frame fail at launch, before config.yaml or launch.json exist, so the corrected relaunch is not refused."""
     root = make_k400(tmp_path / "k400")
-    base = k400_overrides(tmp_path, root, "k400-bad") + ["train.max_steps=1", "train.val_every=0",
-                                                          "eval.at_end=false"]
+    base = k400_overrides(tmp_path, root, "k400-bad") + ["train.max_steps=1", "train.val_every=0", "eval.at_end=false"]
     proc = run_launch(base + [f"data.root={tmp_path / 'no-such-k400'}"], timeout=60)
     assert_one_line_error(proc, "data.root=", "no-such-k400")
     assert not (tmp_path / "store").exists()
@@ -221,11 +264,26 @@ def test_k400_layout_with_tokshift_lists_and_msca_frame_names(tmp_path):
     for split in ("train", "val"):  # rewrite the comma lists in TokShift's space-separated form
         path = root / "trainValTest" / f"{split}.txt"
         path.write_text(path.read_text().replace(",", " "))
-    proc = run_launch([
-        f"store.root={tmp_path / 'store'}", "run.name=k400-mini", "data=k400", f"data.root={root}",
-        "data.frame_format=%06d.jpg", "data.crop_size=32", "data.train_short_side=[36,44]",
-        "data.test_short_side=36", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
-        "data.test_clips=2", "train.epochs=1", "train.progress=false", "eval.plots=false", *TINY_MODEL])
+    proc = run_launch(
+        [
+            f"store.root={tmp_path / 'store'}",
+            "run.name=k400-mini",
+            "data=k400",
+            f"data.root={root}",
+            "data.frame_format=%06d.jpg",
+            "data.crop_size=32",
+            "data.train_short_side=[36,44]",
+            "data.test_short_side=36",
+            "data.batch_size=2",
+            "data.eval_batch_size=2",
+            "data.num_workers=0",
+            "data.test_clips=2",
+            "train.epochs=1",
+            "train.progress=false",
+            "eval.plots=false",
+            *TINY_MODEL,
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads((tmp_path / "store" / "runs" / "k400-mini" / "results.json").read_text())
     assert res["num_videos"] == 3 and res["views"] == "2x3"
@@ -238,10 +296,15 @@ def test_zero3_evaluation_with_unequal_shards_finishes(tmp_path):
     shard with a repeat; every video is counted exactly once, in validation and in the final test."""
     name = "zero3-eval"
     overrides = small_overrides(tmp_path, tmp_path / "data", name) + [
-        "deepspeed=zero3_bf16", "+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",
+        "deepspeed=zero3_bf16",
+        "+deepspeed.extra.zero_optimization.stage3_param_persistence_threshold=0",
         "+deepspeed.extra.zero_optimization.stage3_max_reuse_distance=0",  # else params stay gathered after use
-        "cluster.procs_per_node=2", "data.synthetic.classes=3", "data.synthetic.val_videos_per_class=1",
-        "data.eval_batch_size=1", "train.epochs=1"]
+        "cluster.procs_per_node=2",
+        "data.synthetic.classes=3",
+        "data.synthetic.val_videos_per_class=1",
+        "data.eval_batch_size=1",
+        "train.epochs=1",
+    ]
     proc = run_launch(overrides, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     home = tmp_path / "store" / "runs" / name
@@ -262,8 +325,12 @@ def test_a_precision_is_refused_at_launch_where_the_cpu_cannot_run_it(tmp_path, 
     from msca.runtime.precision import precision_problem
 
     overrides = small_overrides(tmp_path, data_root, f"p-{precision}") + [
-        f"deepspeed=zero2_{precision}", "cluster.procs_per_node=2", "train.max_steps=2", "train.val_every=0",
-        "eval.at_end=false"]
+        f"deepspeed=zero2_{precision}",
+        "cluster.procs_per_node=2",
+        "train.max_steps=2",
+        "train.val_every=0",
+        "eval.at_end=false",
+    ]
     proc = run_launch(overrides, timeout=180)
     problem = precision_problem(precision, 2)
     if problem is None:
@@ -278,28 +345,59 @@ def test_a_precision_is_refused_at_launch_where_the_cpu_cannot_run_it(tmp_path, 
 
 def test_a_key_of_another_backend_is_one_line_naming_the_backend_that_has_it(tmp_path):
     """`cluster.num_workers=3` under the local backend used to run one local rank and say nothing."""
-    proc = run_launch([f"store.root={tmp_path / 'store'}", "run.name=bad", "cluster.num_workers=3",
-                       "cluster.partition=gpu"], timeout=60)
+    proc = run_launch(
+        [f"store.root={tmp_path / 'store'}", "run.name=bad", "cluster.num_workers=3", "cluster.partition=gpu"],
+        timeout=60,
+    )
     assert_one_line_error(proc, "cluster.num_workers is a cluster=ray option; cluster=local has no such key")
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("backend,lines", [
-    ("local", ["# cluster=local: 2 rank process(es) on this machine",
-               "RANK=0 LOCAL_RANK=0 WORLD_SIZE=2", "RANK=1 LOCAL_RANK=1 WORLD_SIZE=2", "-m jobs train "]),
-    ("ray", ["# cluster=ray: nothing is started", '"num_workers": 2', '"placement_strategy": "SPREAD"',
-             '"trainer": "ray.train.torch.TorchTrainer"']),
-    ("ray-jobs", ["# cluster=ray (Jobs API): nothing is submitted", '"address": "http://127.0.0.1:9"',
-                  "cluster.address=auto cluster.wait=true run.name=dry", '"working_dir": ']),
-])
+@pytest.mark.parametrize(
+    "backend,lines",
+    [
+        (
+            "local",
+            [
+                "# cluster=local: 2 rank process(es) on this machine",
+                "RANK=0 LOCAL_RANK=0 WORLD_SIZE=2",
+                "RANK=1 LOCAL_RANK=1 WORLD_SIZE=2",
+                "-m jobs train ",
+            ],
+        ),
+        (
+            "ray",
+            [
+                "# cluster=ray: nothing is started",
+                '"num_workers": 2',
+                '"placement_strategy": "SPREAD"',
+                '"trainer": "ray.train.torch.TorchTrainer"',
+            ],
+        ),
+        (
+            "ray-jobs",
+            [
+                "# cluster=ray (Jobs API): nothing is submitted",
+                '"address": "http://127.0.0.1:9"',
+                "cluster.address=auto cluster.wait=true run.name=dry",
+                '"working_dir": ',
+            ],
+        ),
+    ],
+)
 def test_every_backend_has_a_dry_run_that_writes_and_starts_nothing(tmp_path, backend, lines):
     """What the backend would start, printed; no run home, no rank, no Ray (the Jobs API address is not even
     contacted), no secret (a credential in this shell is shown as <set>)."""
-    extra = {"local": ["cluster.procs_per_node=2"],
-             "ray": ["cluster=ray", "cluster.num_workers=2", "cluster.placement_strategy=SPREAD"],
-             "ray-jobs": ["cluster=ray", "cluster.address=http://127.0.0.1:9"]}[backend]
-    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "dry") + extra + ["cluster.dry_run=true"],
-                      env={"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}, timeout=60)
+    extra = {
+        "local": ["cluster.procs_per_node=2"],
+        "ray": ["cluster=ray", "cluster.num_workers=2", "cluster.placement_strategy=SPREAD"],
+        "ray-jobs": ["cluster=ray", "cluster.address=http://127.0.0.1:9"],
+    }[backend]
+    proc = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "dry") + extra + ["cluster.dry_run=true"],
+        env={"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"},
+        timeout=60,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     for line in lines:

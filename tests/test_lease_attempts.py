@@ -1,5 +1,6 @@
 """One writer per run (the lease) and the attempt ledger's goodput arithmetic, on a local directory and on a
 real S3 server (SeaweedFS conditional writes)."""
+
 import json
 import re
 import time
@@ -56,10 +57,23 @@ def test_silent_holder_is_taken_over_and_learns_it_lost(store):
 
 
 def attempt(i, started, restored, last, step_s, first_after=5.0, restore_s=1.0, stall=2.0, wall=100.0, ended=True):
-    return Attempt(id=f"a{i}", backend="local", job_key="k", hosts=["h"], world_size=2, started=started,
-                   restored_step=restored, restore_s=restore_s, first_step_at=started + first_after, last_step=last,
-                   step_s=step_s, checkpoint_stall_s=stall, heartbeat=started + wall,
-                   ended=started + wall if ended else None, end_reason="failed" if ended else None)
+    return Attempt(
+        id=f"a{i}",
+        backend="local",
+        job_key="k",
+        hosts=["h"],
+        world_size=2,
+        started=started,
+        restored_step=restored,
+        restore_s=restore_s,
+        first_step_at=started + first_after,
+        last_step=last,
+        step_s=step_s,
+        checkpoint_stall_s=stall,
+        heartbeat=started + wall,
+        ended=started + wall if ended else None,
+        end_reason="failed" if ended else None,
+    )
 
 
 def test_goodput_counts_recomputed_steps_as_badput():
@@ -68,8 +82,8 @@ def test_goodput_counts_recomputed_steps_as_badput():
     a2 = attempt(2, 200.0, 30, 100, 140.0, first_after=10.0, restore_s=3.0, wall=160.0)
     s = summarize([a2, a1][::-1])
     assert s["attempts"] == 2 and s["wall"] == 260.0
-    assert s["recomputed"] == pytest.approx(20.0)           # 10 steps x 2 s
-    assert s["productive"] == pytest.approx(60.0 + 140.0)   # 30 kept steps of a1, all 70 of a2
+    assert s["recomputed"] == pytest.approx(20.0)  # 10 steps x 2 s
+    assert s["productive"] == pytest.approx(60.0 + 140.0)  # 30 kept steps of a1, all 70 of a2
     assert s["restore"] == pytest.approx(4.0) and s["startup"] == pytest.approx(4.0 + 7.0)
     assert s["checkpoint"] == pytest.approx(4.0)
     assert s["goodput"] == pytest.approx(200.0 / 260.0, abs=1e-4)

@@ -4,6 +4,7 @@ DeepSpeed engines, a few AdamW steps, then `fp32_state_dict` compared with the m
 A precision this CPU cannot run (fp16 without AVX512-FP16/AMX-FP16) is asked the way the product asks
 (DeepSpeed's accelerator): its cases assert that DeepSpeed refuses the engine and that msca's own check names
 the option, instead of training."""
+
 import os
 import pickle
 
@@ -40,11 +41,17 @@ def run_case(stage: int, precision: str, rank: int) -> dict:
     from msca.training.master_weights import fp32_state_dict
 
     model = tiny_model()
-    config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "steps_per_print": 10**9,
-              "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
-              "bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"}}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                                      config=config)
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+    }
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=config
+    )
     dtype = DTYPES[precision]
     gen = torch.Generator().manual_seed(rank)
     for _ in range(3):  # AdamW moves each weight by ~lr: below bf16's and fp16's resolution at these magnitudes
@@ -56,8 +63,9 @@ def run_case(stage: int, precision: str, rank: int) -> dict:
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from msca.runtime.dist import init_distributed
 
@@ -85,8 +93,9 @@ def results(tmp_path_factory):
 def test_final_weights_are_the_fp32_masters(results, stage, precision):
     got = results[0][(stage, precision)]
     if precision in UNSUPPORTED:  # this CPU cannot: DeepSpeed refuses, and msca says so first, naming the option
-        assert all(r[(stage, precision)] == {"refused": f"Type {precision} is not supported on your device."}
-                   for r in results)
+        assert all(
+            r[(stage, precision)] == {"refused": f"Type {precision} is not supported on your device."} for r in results
+        )
         problem = precision_problem(precision, stage)
         assert problem.startswith(f"deepspeed.precision={precision} cannot run on this CPU") and "\n" not in problem
         assert f"use deepspeed=zero{stage}" in problem

@@ -1,4 +1,5 @@
 """VideoViT and its temporal variants against slow, obviously-correct ports of the reference code."""
+
 import copy
 import math
 
@@ -26,11 +27,15 @@ def video(B=2, T=3, size=32):
 
 # ---- slow reference: the released code's zeros_like + slice copies, generalised ------------------------------
 
+
 def ref_shift(t, T, future, past, dim):
     """t (B*T, ...); along `dim` of the (B, T, ...) view, `future` positions copy frame t+1, `past` t-1."""
     t5 = t.reshape(-1, T, *t.shape[1:])
     out = torch.zeros_like(t5)
-    ix = lambda ts, cs: (slice(None), ts) + (slice(None),) * (dim - 2) + (cs,)  # noqa: E731
+
+    def ix(ts, cs):
+        return (slice(None), ts) + (slice(None),) * (dim - 2) + (cs,)
+
     rest = [i for i in range(t5.shape[dim]) if i not in future and i not in past]
     out[ix(slice(0, T - 1), list(future))] = t5[ix(slice(1, T), list(future))]
     out[ix(slice(1, T), list(past))] = t5[ix(slice(0, T - 1), list(past))]
@@ -60,15 +65,18 @@ def ref_token_shift(x, T, shift_div):  # TokShift's shift_tk on (B*T, N, C)
     fold = C // shift_div
     out = torch.zeros_like(x)
     out[:, :-1, 0, :fold] = x[:, 1:, 0, :fold]
-    out[:, 1:, 0, fold:2 * fold] = x[:, :-1, 0, fold:2 * fold]
-    out[:, :, 0, 2 * fold:] = x[:, :, 0, 2 * fold:]
+    out[:, 1:, 0, fold : 2 * fold] = x[:, :-1, 0, fold : 2 * fold]
+    out[:, :, 0, 2 * fold :] = x[:, :, 0, 2 * fold :]
     out[:, :, 1:] = x[:, :, 1:]
     return out.view(BT, N, C)
 
 
 def ref_forward(model, vid, temporal, shift="kv", shift_div=12):
     B, T = vid.shape[:2]
-    ln = lambda m, x: F.layer_norm(x, m.weight.shape, m.weight, m.bias, eps=1e-6)  # noqa: E731
+
+    def ln(m, x):
+        return F.layer_norm(x, m.weight.shape, m.weight, m.bias, eps=1e-6)
+
     pe = model.patch_embed.proj
     x = F.conv2d(vid.flatten(0, 1), pe.weight, pe.bias, stride=pe.stride).flatten(2).transpose(1, 2)
     x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], 1) + model.pos_embed  # (B*T, N, C)
@@ -89,6 +97,7 @@ def ref_forward(model, vid, temporal, shift="kv", shift_div=12):
 
 
 # ---- tests ------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("T", [1, 3])
@@ -126,7 +135,7 @@ def test_fold_zero_is_exactly_framewise(temporal, shift_div):
 def test_framewise_vit_treats_frames_independently():
     m = tiny("vit_b16")
     x = video(2, 3)
-    per_frame = torch.stack([m(x[:, t:t + 1]) for t in range(3)], 1).mean(1)  # T=1 calls = the image ViT
+    per_frame = torch.stack([m(x[:, t : t + 1]) for t in range(3)], 1).mean(1)  # T=1 calls = the image ViT
     torch.testing.assert_close(m(x), per_frame, atol=1e-5, rtol=1e-4)
 
 
@@ -168,12 +177,16 @@ def test_temporal_shift_values_and_zero_boundaries():
 @pytest.mark.parametrize("future,past,dim", [((0, 1), (3, 5), 2), ((0, 2), (2, 4), -1), ((1, 2), (4, 5), 3)])
 def test_temporal_shift_gradient_is_exact(future, past, dim):
     x = torch.randn(2, 3, 5, 5, dtype=torch.double, requires_grad=True)
-    f = lambda x: temporal_shift(x, slice(*future), slice(*past), dim)  # noqa: E731
+
+    def f(x):
+        return temporal_shift(x, slice(*future), slice(*past), dim)
+
     assert torch.autograd.gradcheck(f, (x,)) and torch.autograd.gradgradcheck(f, (x,))
 
 
-@pytest.mark.parametrize("temporal,shift,shift_div", [("msca", "kv", 4), ("msca_patch", "qkv", 3),
-                                                      ("tokenshift", "kv", 4)])
+@pytest.mark.parametrize(
+    "temporal,shift,shift_div", [("msca", "kv", 4), ("msca_patch", "qkv", 3), ("tokenshift", "kv", 4)]
+)
 def test_parameter_gradients_match_reference(temporal, shift, shift_div):
     m = tiny(temporal=temporal, shift=shift, shift_div=shift_div)
     x = video(2, 3)
@@ -214,11 +227,22 @@ def test_b16_parameter_count():
 
 def test_timm_parameter_names():
     names = set(dict(tiny().named_parameters()))
-    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-                "norm.bias", "head.weight", "head.bias"}
+    expected = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     for i in range(2):
-        expected |= {f"blocks.{i}.{p}.{w}" for p in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
-                     for w in ("weight", "bias")}
+        expected |= {
+            f"blocks.{i}.{p}.{w}"
+            for p in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+            for w in ("weight", "bias")
+        }
     assert names == expected
 
 

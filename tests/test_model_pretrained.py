@@ -1,5 +1,6 @@
 """Weight loading: jax `.npz` in the real ImageNet-21k ViT-B_16 key layout (random values, small sizes), and
 timm-layout torch state dicts. Expected values are written from the reference's table, not from the loader."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +16,18 @@ def real_layout(depth=2, C=48, h=4, mlp=192, p=8, grid=4, classes=11):
     """Keys and shapes of Google's imagenet21k ViT-B_16.npz (depth 12, C 768, h 12, mlp 3072, p 16, grid 14,
     classes 21843), sized by the args."""
     d = C // h
-    L = {"embedding/kernel": (p, p, 3, C), "embedding/bias": (C,), "cls": (1, 1, C), POS: (1, 1 + grid * grid, C),
-         "Transformer/encoder_norm/scale": (C,), "Transformer/encoder_norm/bias": (C,),
-         "head/kernel": (C, classes), "head/bias": (classes,), "pre_logits/kernel": (C, C), "pre_logits/bias": (C,)}
+    L = {
+        "embedding/kernel": (p, p, 3, C),
+        "embedding/bias": (C,),
+        "cls": (1, 1, C),
+        POS: (1, 1 + grid * grid, C),
+        "Transformer/encoder_norm/scale": (C,),
+        "Transformer/encoder_norm/bias": (C,),
+        "head/kernel": (C, classes),
+        "head/bias": (classes,),
+        "pre_logits/kernel": (C, C),
+        "pre_logits/bias": (C,),
+    }
     for i in range(depth):
         b = f"Transformer/encoderblock_{i}/"
         a = b + "MultiHeadDotProductAttention_1/"
@@ -58,12 +68,16 @@ def test_npz_round_trip(tmp_path):
         b, m_ = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         a = b + "MultiHeadDotProductAttention_1/"
         for j, t in enumerate(("query", "key", "value")):  # fused qkv rows: q, then k, then v
-            assert same(sd[m_ + "attn.qkv.weight"][j * C:(j + 1) * C], w[f"{a}{t}/kernel"].reshape(C, C).T)
-            assert same(sd[m_ + "attn.qkv.bias"][j * C:(j + 1) * C], w[f"{a}{t}/bias"].reshape(C))
+            assert same(sd[m_ + "attn.qkv.weight"][j * C : (j + 1) * C], w[f"{a}{t}/kernel"].reshape(C, C).T)
+            assert same(sd[m_ + "attn.qkv.bias"][j * C : (j + 1) * C], w[f"{a}{t}/bias"].reshape(C))
         assert same(sd[m_ + "attn.proj.weight"], w[a + "out/kernel"].reshape(C, C).T)
         assert same(sd[m_ + "attn.proj.bias"], w[a + "out/bias"])
-        assert same(sd[m_ + "norm1.weight"], w[b + "LayerNorm_0/scale"]) and same(sd[m_ + "norm1.bias"], w[b + "LayerNorm_0/bias"])
-        assert same(sd[m_ + "norm2.weight"], w[b + "LayerNorm_2/scale"]) and same(sd[m_ + "norm2.bias"], w[b + "LayerNorm_2/bias"])
+        assert same(sd[m_ + "norm1.weight"], w[b + "LayerNorm_0/scale"]) and same(
+            sd[m_ + "norm1.bias"], w[b + "LayerNorm_0/bias"]
+        )
+        assert same(sd[m_ + "norm2.weight"], w[b + "LayerNorm_2/scale"]) and same(
+            sd[m_ + "norm2.bias"], w[b + "LayerNorm_2/bias"]
+        )
         assert same(sd[m_ + "mlp.fc1.weight"], w[b + "MlpBlock_3/Dense_0/kernel"].T)
         assert same(sd[m_ + "mlp.fc1.bias"], w[b + "MlpBlock_3/Dense_0/bias"])
         assert same(sd[m_ + "mlp.fc2.weight"], w[b + "MlpBlock_3/Dense_1/kernel"].T)
@@ -105,8 +119,10 @@ def test_bad_npz_names_every_key_and_both_shapes(tmp_path):
     msg = str(e.value)
     assert "missing: Transformer/encoderblock_1/LayerNorm_2/bias (model expects (48,))" in msg
     assert "unexpected: Transformer/encoderblock_2/LayerNorm_0/scale (48,)" in msg
-    assert ("shape mismatch: Transformer/encoderblock_0/MultiHeadDotProductAttention_1/key/kernel: "
-            "checkpoint (48, 6, 8) vs model expects (48, 4, 12)") in msg
+    assert (
+        "shape mismatch: Transformer/encoderblock_0/MultiHeadDotProductAttention_1/key/kernel: "
+        "checkpoint (48, 6, 8) vs model expects (48, 4, 12)"
+    ) in msg
 
 
 def test_b16_npz_layout_is_the_reference_table():
@@ -117,7 +133,9 @@ def test_b16_npz_layout_is_the_reference_table():
     assert L["embedding/kernel"] == (16, 16, 3, 768) and L["embedding/bias"] == (768,)
     assert L["cls"] == (1, 1, 768) and L[POS] == (1, 197, 768)
     assert L["Transformer/encoder_norm/scale"] == L["Transformer/encoder_norm/bias"] == (768,)
-    assert L["Transformer/encoderblock_0/LayerNorm_0/scale"] == L["Transformer/encoderblock_11/LayerNorm_2/bias"] == (768,)
+    assert (
+        L["Transformer/encoderblock_0/LayerNorm_0/scale"] == L["Transformer/encoderblock_11/LayerNorm_2/bias"] == (768,)
+    )
     assert L[a + "query/kernel"] == L[a + "key/kernel"] == L[a + "value/kernel"] == (768, 12, 64)
     assert L[a + "query/bias"] == L[a + "value/bias"] == (12, 64)
     assert L[a + "out/kernel"] == (12, 64, 768) and L[a + "out/bias"] == (768,)

@@ -1,4 +1,5 @@
 """Learning-rate schedules: the original's per-epoch MultiStepLR, cosine with warmup."""
+
 import pytest
 from omegaconf import OmegaConf
 

@@ -1,6 +1,7 @@
 """The precision check's answer for every kind of device DeepSpeed reports, on any machine: the accelerator is
 the one object asked, so a stand-in with DeepSpeed's method names shows each branch (the real accelerator's
 answer is exercised end to end in test_launch and test_master_weights)."""
+
 import pytest
 
 from msca.runtime.precision import PrecisionUnsupported, check_precision, precision_problem
@@ -74,15 +75,27 @@ def test_a_rank_on_another_machine_refuses_before_writing(tmp_path, precision):
 
     register_schema()
     overrides = small_overrides(tmp_path, tmp_path / "data", "p") + [
-        f"deepspeed=zero2_{precision}", "train.max_steps=1", "train.val_every=0", "eval.at_end=false"]
+        f"deepspeed=zero2_{precision}",
+        "train.max_steps=1",
+        "train.val_every=0",
+        "eval.at_end=false",
+    ]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     uri = run_uri(cfg.store.root, cfg.run.name)
     RunHome(uri).write_config(cfg)
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "jobs", "train", uri], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs", "train", uri], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
     out = proc.stdout + proc.stderr
     home = tmp_path / "store" / "runs" / "p"
     if precision_problem(precision, 2) is None:

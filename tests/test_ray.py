@@ -5,6 +5,7 @@ local and Ray backends through S3 in both directions; a deterministic failure is
 
 Every launch under Ray runs the way a user on the head node would (node1's network namespace, address of the
 head); the reference runs under the local backend on this host, so every comparison is also cross-backend."""
+
 import io
 import json
 import os
@@ -24,14 +25,26 @@ from msca.storage import open_store
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch
 EPOCHS = 12
 TOTAL = 6 * EPOCHS
-COMMON = ["deepspeed=zero2", f"train.epochs={EPOCHS}", "train.val_every=0", "eval.at_end=false",
-          "data.batch_size=2", "checkpoint.every_steps=3", "model.drop_path_rate=0.2"]
+COMMON = [
+    "deepspeed=zero2",
+    f"train.epochs={EPOCHS}",
+    "train.val_every=0",
+    "eval.at_end=false",
+    "data.batch_size=2",
+    "checkpoint.every_steps=3",
+    "model.drop_path_rate=0.2",
+]
 LOCAL2 = ["cluster.procs_per_node=2"]
 
 
 def on_ray(cluster, extra=()) -> list[str]:
-    return ["cluster=ray", "cluster.num_workers=2", f"cluster.address={cluster.address}", "cluster.max_failures=2",
-            *extra]
+    return [
+        "cluster=ray",
+        "cluster.num_workers=2",
+        f"cluster.address={cluster.address}",
+        "cluster.max_failures=2",
+        *extra,
+    ]
 
 
 def launch_on_head(cluster, overrides: list[str], env: dict | None = None, timeout: int = 400):
@@ -134,17 +147,24 @@ def assert_resumed_exactly(out: str, store, name: str, ref, first_ok: int) -> in
 def test_a_killed_worker_restarts_the_group_which_resumes_exactly(reference, ray_cluster):
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "kill") + COMMON + on_ray(ray_cluster)
-    code, out, (t_kill, _) = launch_with_fault(overrides, tmp / "store", "kill", 8,
-                                               lambda _: (time.time(), kill_node2_worker(ray_cluster)),
-                                               wrap=ray_cluster.on_head())
+    code, out, (t_kill, _) = launch_with_fault(
+        overrides,
+        tmp / "store",
+        "kill",
+        8,
+        lambda _: (time.time(), kill_node2_worker(ray_cluster)),
+        wrap=ray_cluster.on_head(),
+    )
     assert code == 0, out[-6000:]
     home = tmp / "store" / "runs" / "kill"
     resumed = assert_resumed_exactly(out, tmp / "store", "kill", ref, 3)
     attempts = read_attempts(open_store(str(home)))  # the ledger: one Ray job, two attempts of it
     assert [a.backend for a in attempts] == ["ray", "ray"] and attempts[0].job_key == attempts[1].job_key
     assert attempts[1].restored_step == resumed and attempts[1].end_reason == "finished"
-    print(f"kill -9 of node2's worker -> restart -> resumed from step {resumed} -> done "
-          f"{time.time() - t_kill:.1f}s after the kill")
+    print(
+        f"kill -9 of node2's worker -> restart -> resumed from step {resumed} -> done "
+        f"{time.time() - t_kill:.1f}s after the kill"
+    )
 
 
 def test_a_lost_node_is_replaced_and_the_run_resumes_exactly(reference, ray_cluster):
@@ -159,9 +179,14 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_exactly(reference, ray_clus
         ray_cluster.start_node2()
         return t_loss
 
-    code, out, t_loss = launch_with_fault(small_overrides(tmp, tmp / "data", "nodeloss") + COMMON
-                                          + on_ray(ray_cluster), tmp / "store", "nodeloss", 8, lose_node2,
-                                          wrap=ray_cluster.on_head())
+    code, out, t_loss = launch_with_fault(
+        small_overrides(tmp, tmp / "data", "nodeloss") + COMMON + on_ray(ray_cluster),
+        tmp / "store",
+        "nodeloss",
+        8,
+        lose_node2,
+        wrap=ray_cluster.on_head(),
+    )
     assert code == 0, out[-6000:]
     resumed = assert_resumed_exactly(out, tmp / "store", "nodeloss", ref, 6)
     print(f"node2 lost and replaced -> resumed from step {resumed} -> done {time.time() - t_loss:.1f}s after")
@@ -172,9 +197,15 @@ def test_a_killed_worker_with_no_restart_left_fails_in_one_line_naming_it(refere
     instead of Ray's multi-line report, and says from which committed step the same command resumes."""
     tmp, _ = reference
     ray = [o for o in on_ray(ray_cluster) if not o.startswith("cluster.max_failures=")] + ["cluster.max_failures=0"]
-    code, out, victim = launch_with_fault(small_overrides(tmp, tmp / "data", "norestart") + COMMON + ray,
-                                          tmp / "store", "norestart", 4, lambda _: kill_node2_worker(ray_cluster),
-                                          wrap=ray_cluster.on_head(), timeout=240)
+    code, out, victim = launch_with_fault(
+        small_overrides(tmp, tmp / "data", "norestart") + COMMON + ray,
+        tmp / "store",
+        "norestart",
+        4,
+        lambda _: kill_node2_worker(ray_cluster),
+        wrap=ray_cluster.on_head(),
+        timeout=240,
+    )
     assert code == 1, out[-5000:]
     failed = [line for line in out.splitlines() if line.startswith("run norestart failed (exit 1): ")]
     assert len(failed) == 1, out[-5000:]
@@ -189,8 +220,9 @@ def test_ctrl_c_stops_the_workers_with_a_checkpoint_and_a_local_relaunch_finishe
     workers through Ray's KV store, they commit a checkpoint at the next step and the launcher exits 3."""
     tmp, ref = reference
     overrides = small_overrides(tmp, tmp / "data", "stop") + COMMON + on_ray(ray_cluster)
-    code, out, t_signal = launch_with_fault(overrides, tmp / "store", "stop", 5, ctrl_c, wrap=ray_cluster.on_head(),
-                                            timeout=240)
+    code, out, t_signal = launch_with_fault(
+        overrides, tmp / "store", "stop", 5, ctrl_c, wrap=ray_cluster.on_head(), timeout=240
+    )
     assert code == 3, out[-6000:]
     stop = int(re.search(r"stop requested \(SIGINT\): saving step (\d+)", out).group(1))
     assert 5 <= stop < TOTAL
@@ -248,8 +280,9 @@ def test_a_deterministic_failure_is_not_retried(reference, ray_cluster, tmp_path
     cause on the launcher's stderr, exit 2, instead of max_failures restarts."""
     tmp, _ = reference
     t0 = time.time()
-    proc = launch_on_head(ray_cluster, small_overrides(tmp, tmp / "data", "bad") + COMMON
-                          + on_ray(ray_cluster) + ["data.batch_size=64"])
+    proc = launch_on_head(
+        ray_cluster, small_overrides(tmp, tmp / "data", "bad") + COMMON + on_ray(ray_cluster) + ["data.batch_size=64"]
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-5000:]
     assert out.count("Started training worker group of size 2") == 1, out[-5000:]
@@ -259,8 +292,13 @@ def test_a_deterministic_failure_is_not_retried(reference, ray_cluster, tmp_path
 
 def jobs_api(cluster, extra=()) -> list[str]:
     """launch.py on this machine (outside the cluster's namespaces) submitting to the head's Jobs API."""
-    return ["cluster=ray", "cluster.num_workers=2", f"cluster.address={cluster.jobs_address}",
-            "cluster.max_failures=2", *extra]
+    return [
+        "cluster=ray",
+        "cluster.num_workers=2",
+        f"cluster.address={cluster.jobs_address}",
+        "cluster.max_failures=2",
+        *extra,
+    ]
 
 
 def wait_job(cluster, job_id: str, timeout: float = 400):
@@ -279,8 +317,9 @@ def test_jobs_api_returns_at_once_and_the_run_finishes_on_the_cluster(reference,
     job's launch.py runs on the head node (its launch.json entry says node1) and the run ends bit-identical."""
     tmp, ref = reference
     t0 = time.time()
-    proc = run_launch(small_overrides(tmp, tmp / "data", "jobs") + COMMON + jobs_api(ray_cluster, ["cluster.wait=false"]),
-                      timeout=120)
+    proc = run_launch(
+        small_overrides(tmp, tmp / "data", "jobs") + COMMON + jobs_api(ray_cluster, ["cluster.wait=false"]), timeout=120
+    )
     returned_s = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = re.search(r"as job (raysubmit_\w+)", proc.stdout).group(1)
@@ -294,8 +333,10 @@ def test_jobs_api_returns_at_once_and_the_run_finishes_on_the_cluster(reference,
     assert [(entry["backend"], entry["host"]) for entry in launches] == [("ray", "node1")]
     import socket  # the head's copy has no .git: the submitter's commit and user@host come with the job
 
-    assert launches[0]["git_sha"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                                    text=True).stdout.strip()
+    assert (
+        launches[0]["git_sha"]
+        == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    )
     assert launches[0]["submitted_from"].endswith("@" + socket.gethostname())
     print(f"Jobs API: launch.py returned {returned_s:.1f}s after it started; the job then ran to the end")
 
@@ -333,13 +374,16 @@ def test_jobs_api_relative_store_root_is_refused_on_the_head(ray_cluster, tmp_pa
     assert re.search(r"\[ray\] job raysubmit_\w+ FAILED", proc.stderr), proc.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("cluster.num_workers=0", "cluster.num_workers=0 must be >= 1"),
-    ("cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
-    ("cluster.partition=gpu", "cluster.partition is a cluster=slurm option; cluster=ray has no such key"),
-    ("cluster.wait=false", "cluster.wait=false needs a Ray Jobs API address"),
-    ("cluster.address=http://127.0.0.1:9", "cluster.address=http://127.0.0.1:9: no Ray Jobs API answers there"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("cluster.num_workers=0", "cluster.num_workers=0 must be >= 1"),
+        ("cluster.placement_strategy=EVERYWHERE", "cluster.placement_strategy='EVERYWHERE' is not one of"),
+        ("cluster.partition=gpu", "cluster.partition is a cluster=slurm option; cluster=ray has no such key"),
+        ("cluster.wait=false", "cluster.wait=false needs a Ray Jobs API address"),
+        ("cluster.address=http://127.0.0.1:9", "cluster.address=http://127.0.0.1:9: no Ray Jobs API answers there"),
+    ],
+)
 def test_bad_ray_options_are_one_error_line_and_no_run_home(tmp_path, override, message):
     """Refused by launch.py before Ray starts or anything is written (no cluster needed)."""
     proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "bad") + ["cluster=ray", override], timeout=120)
@@ -360,9 +404,10 @@ def test_a_silent_jobs_api_address_is_one_error_line_within_the_probe_timeout(tm
     try:
         t0 = time.time()
         address = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "silent") + ["cluster=ray",
-                                                                                    f"cluster.address={address}"],
-                          timeout=120)
+        proc = run_launch(
+            small_overrides(tmp_path, tmp_path / "data", "silent") + ["cluster=ray", f"cluster.address={address}"],
+            timeout=120,
+        )
         seconds = time.time() - t0
     finally:
         silent.close()
@@ -391,7 +436,7 @@ print(json.dumps(ray.get([where.options(scheduling_strategy="SPREAD").remote() f
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {host for host, _, _ in found} == {"node1", "node2"}
-    for host, msca_file, jobs_file in found:
+    for _host, msca_file, jobs_file in found:
         assert "/runtime_resources/working_dir_files/_ray_pkg_" in msca_file and not msca_file.startswith(str(REPO))
         assert os.path.dirname(os.path.dirname(msca_file)) == os.path.dirname(os.path.dirname(jobs_file))
 

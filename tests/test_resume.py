@@ -1,6 +1,7 @@
 """Re-launching a run resumes it from its newest committed checkpoint, exactly: a run stopped mid-epoch (by
 max_steps, or by Ctrl-C / SIGTERM) and relaunched ends with bit-identical weights to one that never stopped
 (2 ranks, ZeRO 2, gloo, with stochastic depth so the per-rank RNG streams matter)."""
+
 import io
 import json
 import os
@@ -17,9 +18,16 @@ from msca.runstate.attempts import read_attempts
 from msca.runstate.metrics import read_metrics
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 optimizer steps per epoch, 30 in all
-COMMON = ["cluster.procs_per_node=2", "deepspeed=zero2", "train.epochs=5", "train.val_every=2", "eval.at_end=false",
-          "data.batch_size=2", "checkpoint.every_steps=2",
-          "model.drop_path_rate=0.2"]  # stochastic depth: exactness needs every rank's RNG stream restored
+COMMON = [
+    "cluster.procs_per_node=2",
+    "deepspeed=zero2",
+    "train.epochs=5",
+    "train.val_every=2",
+    "eval.at_end=false",
+    "data.batch_size=2",
+    "checkpoint.every_steps=2",
+    "model.drop_path_rate=0.2",
+]  # stochastic depth: exactness needs every rank's RNG stream restored
 
 
 def weights(home):
@@ -61,8 +69,9 @@ def test_stopped_and_relaunched_run_equals_uninterrupted(runs):
 
 def test_ctrl_c_saves_at_the_next_step_and_the_relaunch_finishes_exactly(runs):
     tmp, reference = runs
-    overrides = small_overrides(tmp, tmp / "data", "sig") + COMMON + ["checkpoint.every_steps=0",
-                                                                        "checkpoint.every_epochs=0"]
+    overrides = (
+        small_overrides(tmp, tmp / "data", "sig") + COMMON + ["checkpoint.every_steps=0", "checkpoint.every_epochs=0"]
+    )
     proc = start_launch(overrides, start_new_session=True)
     path = tmp / "store" / "runs" / "sig" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -86,8 +95,15 @@ def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):
     server (SeaweedFS); a relaunch resumes from the S3 checkpoint, not from local files."""
     bucket = s3_server.make_bucket()
     root = f"s3://{bucket}/team"
-    common = [f"store.root={root}", "cluster.procs_per_node=2", "deepspeed=zero1", "train.epochs=2",
-              "train.val_every=0", "data.batch_size=2", "checkpoint.every_steps=3"]
+    common = [
+        f"store.root={root}",
+        "cluster.procs_per_node=2",
+        "deepspeed=zero1",
+        "train.epochs=2",
+        "train.val_every=0",
+        "data.batch_size=2",
+        "checkpoint.every_steps=3",
+    ]
     base = [o for o in small_overrides(tmp_path, tmp_path / "data", "s3run") if not o.startswith("store.root=")]
     env = {**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")}
     first = run_launch(base + common + ["train.max_steps=3", "eval.at_end=false"], env=env)
@@ -107,7 +123,9 @@ def test_run_home_in_s3_checkpoints_and_resumes_there(tmp_path, s3_server):
     assert store.exists("model.pt") and json.loads(store.read_text("results.json"))["num_videos"] == 8
     assert store.exists("checkpoints/step_000000006/MANIFEST.json")
     assert [(a.restored_step, a.last_step, a.end_reason, a.world_size) for a in read_attempts(store)] == [
-        (0, 3, "finished", 2), (3, 6, "finished", 2)]
+        (0, 3, "finished", 2),
+        (3, 6, "finished", 2),
+    ]
     assert not store.exists("lease.json")  # released at the end
 
     # an object of the newest commit vanishes: every rank falls back to step 3 together, the run completes
@@ -132,7 +150,6 @@ def test_torn_checkpoints_are_skipped_with_a_warning(runs, caplog):
     complete one is chosen (the full run keeps steps 28 and 30)."""
     from msca.runstate.checkpoint import CheckpointManager
     from msca.runstate.home import RunHome
-
 
     tmp, _ = runs
     root = tmp / "store" / "runs" / "torn"  # a copy: the reference run stays intact for other tests
@@ -203,8 +220,11 @@ def test_rank_killed_while_a_checkpoint_uploads(runs, s3_server, tmp_path, victi
     tmp, reference = runs
     bucket = s3_server.make_bucket()
     name = f"kill{victim}"
-    overrides = [o for o in small_overrides(tmp, tmp / "data", name) if not o.startswith("store.root=")] + COMMON + [
-        f"store.root=s3://{bucket}/team", f"checkpoint.staging_dir={tmp_path / 'scratch'}"]
+    overrides = (
+        [o for o in small_overrides(tmp, tmp / "data", name) if not o.startswith("store.root=")]
+        + COMMON
+        + [f"store.root=s3://{bucket}/team", f"checkpoint.staging_dir={tmp_path / 'scratch'}"]
+    )
     store = s3_server.store(f"s3://{bucket}/team/runs/{name}")
     proc = start_launch(overrides, env={**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")})
     try:
@@ -246,8 +266,11 @@ def test_s3_server_paused_for_30s_mid_run_costs_a_pause_not_the_run(runs, s3_ser
     retry, the run completes with the weights of an uninterrupted run and every step recorded once."""
     tmp, reference = runs
     bucket = s3_server.make_bucket()
-    overrides = [o for o in small_overrides(tmp, tmp / "data", "paused") if not o.startswith("store.root=")] + \
-        COMMON + [f"store.root=s3://{bucket}/team"]
+    overrides = (
+        [o for o in small_overrides(tmp, tmp / "data", "paused") if not o.startswith("store.root=")]
+        + COMMON
+        + [f"store.root=s3://{bucket}/team"]
+    )
     store = s3_server.store(f"s3://{bucket}/team/runs/paused")
     proc = start_launch(overrides, env={**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")})
     try:

@@ -1,4 +1,5 @@
 """`python -m msca.runs`: a store's runs, their status, checkpoints and attempts, read from the store alone."""
+
 import subprocess
 import sys
 
@@ -8,21 +9,33 @@ from launch_helpers import REPO, run_launch, small_overrides
 from msca.runstate.lease import Holder, Lease
 from msca.storage import open_store
 
-COMMON = ["cluster.procs_per_node=1", "train.epochs=1", "train.val_every=0", "eval.at_end=false",
-          "data.batch_size=2", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
+COMMON = [
+    "cluster.procs_per_node=1",
+    "train.epochs=1",
+    "train.val_every=0",
+    "eval.at_end=false",
+    "data.batch_size=2",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=5",
+]
 
 
 def runs_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "msca.runs", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "msca.runs", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_ls_show_checkpoints(tmp_path):
     store = tmp_path / "store"
-    assert run_launch(small_overrides(tmp_path, tmp_path / "data", "done") + COMMON + ["train.max_steps=4"]
-                      ).returncode == 0
-    failed = run_launch(small_overrides(tmp_path, tmp_path / "data", "broken") + COMMON,
-                        env={"MSCA_FAULT_INJECT": "committing checkpoint@0"})
+    assert (
+        run_launch(small_overrides(tmp_path, tmp_path / "data", "done") + COMMON + ["train.max_steps=4"]).returncode
+        == 0
+    )
+    failed = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "broken") + COMMON,
+        env={"MSCA_FAULT_INJECT": "committing checkpoint@0"},
+    )
     assert failed.returncode not in (0, 3)
     # a torn step (no manifest) and an altered object in a committed one
     ckpts = store / "runs" / "done" / "checkpoints"
@@ -35,8 +48,10 @@ def test_ls_show_checkpoints(tmp_path):
     # a run whose job is alive holds a fresh lease
     (store / "runs" / "live").mkdir(parents=True)
     (store / "runs" / "live" / "config.yaml").write_text("{}")
-    Lease(open_store(str(store / "runs" / "live")),
-          Holder(job_key="slurm-77", attempt="a", host="node1", pid=1, backend="slurm")).acquire()
+    Lease(
+        open_store(str(store / "runs" / "live")),
+        Holder(job_key="slurm-77", attempt="a", host="node1", pid=1, backend="slurm"),
+    ).acquire()
 
     ls = runs_cli("ls", str(store))
     assert ls.returncode == 0, ls.stderr

@@ -1,6 +1,7 @@
 """`launch.py cluster=slurm` on a real two-node SLURM (tests/slurm_cluster.py): a run spans node1 and node2; a
 USR2 mid-run commits a checkpoint at that step, requeues, resumes from it and ends bit-identical to a run that
 never stopped; a dead rank ends the job fast; bad requests fail before anything is written."""
+
 import io
 import json
 import re
@@ -13,8 +14,15 @@ from launch_helpers import metrics, run_launch, small_overrides
 
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch, 60 in all
 TWO_NODES = ["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1"]
-COMMON = TWO_NODES + ["deepspeed=zero2", "train.epochs=10", "train.val_every=0", "eval.at_end=false",
-                      "data.batch_size=2", "checkpoint.every_steps=4", "model.drop_path_rate=0.2"]
+COMMON = TWO_NODES + [
+    "deepspeed=zero2",
+    "train.epochs=10",
+    "train.val_every=0",
+    "eval.at_end=false",
+    "data.batch_size=2",
+    "checkpoint.every_steps=4",
+    "model.drop_path_rate=0.2",
+]
 TOTAL = 60
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
@@ -75,8 +83,9 @@ def reference(tmp_path_factory, slurm_cluster):
     """An uninterrupted two-node run (cluster.wait=true): the bit-exact reference for the stopped runs."""
     tmp = tmp_path_factory.mktemp("slurm")
     t0 = time.time()
-    proc = run_launch(small_overrides(tmp, tmp / "data", "full") + COMMON + ["cluster.wait=true"],
-                      env=slurm_cluster.env)
+    proc = run_launch(
+        small_overrides(tmp, tmp / "data", "full") + COMMON + ["cluster.wait=true"], env=slurm_cluster.env
+    )
     return tmp, proc, time.time() - t0
 
 
@@ -162,8 +171,18 @@ def test_preemption_by_a_higher_tier_job_saves_requeues_and_resumes_exactly(refe
     resumes from the stop step and ends bit-identical."""
     tmp, _, _ = reference
     jid, _ = start(tmp, "preempted", slurm_cluster)
-    urgent = slurm_cluster.run("sbatch", "--parsable", "-p", "urgent", "-N2", "--exclusive", "-o",
-                               str(tmp / "urgent_%j.out"), "--wrap", "srun hostname").stdout.strip()
+    urgent = slurm_cluster.run(
+        "sbatch",
+        "--parsable",
+        "-p",
+        "urgent",
+        "-N2",
+        "--exclusive",
+        "-o",
+        str(tmp / "urgent_%j.out"),
+        "--wrap",
+        "srun hostname",
+    ).stdout.strip()
     assert wait_state(slurm_cluster, urgent)[0] == "COMPLETED"
     state, _ = wait_state(slurm_cluster, jid)
     home = tmp / "store" / "runs" / "preempted"
@@ -213,19 +232,31 @@ def test_a_killed_rank_ends_the_job_fast_and_a_relaunch_resumes(reference, slurm
 
 def test_dry_run_prints_the_sbatch_script_and_writes_nothing(tmp_path, slurm_cluster):
     before = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout
-    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "dry") + TWO_NODES + ["cluster.dry_run=true"],
-                      env=slurm_cluster.env, timeout=60)
+    proc = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "dry") + TWO_NODES + ["cluster.dry_run=true"],
+        env=slurm_cluster.env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    for line in ("#!/bin/bash", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@120",
-                 "--kill-on-bad-exit=1", "-m submitit.core._submit"):
+    for line in (
+        "#!/bin/bash",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --signal=USR2@120",
+        "--kill-on-bad-exit=1",
+        "-m submitit.core._submit",
+    ):
         assert line in proc.stdout
     assert list(tmp_path.iterdir()) == []  # no run home, no submitit folder, no data
     assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout == before
 
 
 def test_unknown_partition_is_one_clear_error_and_no_run_home(tmp_path, slurm_cluster):
-    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "bad") + TWO_NODES + ["cluster.partition=nope"],
-                      env=slurm_cluster.env, timeout=60)
+    proc = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "bad") + TWO_NODES + ["cluster.partition=nope"],
+        env=slurm_cluster.env,
+        timeout=60,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "invalid partition" in errors[0].lower(), proc.stderr
@@ -243,8 +274,11 @@ def test_max_requeues_exhausted_stops_without_requeue(reference, slurm_cluster):
 
 
 def test_unwritable_folder_is_one_clear_error_and_no_run_home(tmp_path, slurm_cluster):
-    proc = run_launch(small_overrides(tmp_path, tmp_path / "data", "bad") + TWO_NODES + ["cluster.folder=/proc/x"],
-                      env=slurm_cluster.env, timeout=60)
+    proc = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "bad") + TWO_NODES + ["cluster.folder=/proc/x"],
+        env=slurm_cluster.env,
+        timeout=60,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cluster.folder: cannot write /proc/x/bad" in errors[0], proc.stderr

@@ -1,4 +1,5 @@
 """Store: the same behaviour on a local directory and on a real S3 server (SeaweedFS)."""
+
 import os
 import pickle
 
@@ -40,10 +41,10 @@ def test_roundtrip(store):
     assert store.list("nothing") == []
     child = store.child("a")
     assert child.read_bytes("c/d.txt") == "héllo".encode() and child.url("c/d.txt") == store.url("a/c/d.txt")
-    store.write_bytes("a/b.bin", b"new")            # overwrite
+    store.write_bytes("a/b.bin", b"new")  # overwrite
     assert store.read_bytes("a/b.bin") == b"new"
     store.delete("a/b.bin")
-    store.delete("a/b.bin")                         # missing is fine
+    store.delete("a/b.bin")  # missing is fine
     assert not store.exists("a/b.bin")
     assert store.delete_prefix("a") == 1 and store.list() == ["top.txt"]
 
@@ -63,7 +64,7 @@ def test_read_many_returns_errors_in_order(store):
 
 
 def test_files_and_multipart(store, tmp_path):
-    big = os.urandom(20 * 1024 * 1024 + 123)          # > multipart threshold (16 MiB): parallel parts
+    big = os.urandom(20 * 1024 * 1024 + 123)  # > multipart threshold (16 MiB): parallel parts
     src = tmp_path / "big.bin"
     src.write_bytes(big)
     store.upload_file(str(src), "ckpt/big.bin")
@@ -82,7 +83,7 @@ def test_pickle_and_fork_safe(store):
     assert clone.uri == store.uri and clone.read_bytes("k") == b"v"
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:        # child: the parent's client/pool must not be reused
+    if pid == 0:  # child: the parent's client/pool must not be reused
         try:
             ok = store.read_many(["k", "k"], max_workers=2) == [b"v", b"v"]
         finally:
@@ -94,14 +95,24 @@ def test_pickle_and_fork_safe(store):
 
 def test_s3_wrong_credentials_is_clear(s3_server):
     bucket = s3_server.make_bucket()
-    bad = open_store(f"s3://{bucket}/x", endpoint_url=s3_server.endpoint_url, aws_access_key_id=s3_server.access_key,
-                     aws_secret_access_key="wrong-secret", max_attempts=1)
+    bad = open_store(
+        f"s3://{bucket}/x",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key="wrong-secret",
+        max_attempts=1,
+    )
     with pytest.raises(StoreAuthError, match=f"(?s){bucket}.*127.0.0.1.*AWS_ACCESS_KEY_ID"):
         bad.read_bytes("k")
     with pytest.raises(StoreAuthError):
         bad.exists("k")
-    unknown = open_store(f"s3://{bucket}/x", endpoint_url=s3_server.endpoint_url, aws_access_key_id="nobody",
-                         aws_secret_access_key="wrong-secret", max_attempts=1)
+    unknown = open_store(
+        f"s3://{bucket}/x",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id="nobody",
+        aws_secret_access_key="wrong-secret",
+        max_attempts=1,
+    )
     with pytest.raises(StoreAuthError, match="AWS_SECRET_ACCESS_KEY"):
         unknown.list()
 
@@ -133,8 +144,13 @@ def test_s3_lean_get_handles_awkward_keys(s3_server):
     for k in keys:
         assert st.conn.fast_get(st.bucket, st._key(k)) == (200, k.encode())
     assert st.read_many(keys) == [k.encode() for k in keys]
-    slow = open_store(st.uri, endpoint_url=s3_server.endpoint_url, aws_access_key_id=s3_server.access_key,
-                      aws_secret_access_key=s3_server.secret_key, fast_get=False)
+    slow = open_store(
+        st.uri,
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        fast_get=False,
+    )
     assert slow.conn.fast_get(slow.bucket, slow._key(keys[0])) == (None, b"")
     assert slow.read_many(keys) == [k.encode() for k in keys]
 
@@ -147,7 +163,7 @@ def test_local_delete_prunes_empty_folders(tmp_path):
     assert not (tmp_path / "r" / "a" / "b").exists() and (tmp_path / "r" / "a" / "d.bin").exists()
     st.delete("a/d.bin")
     assert (tmp_path / "r").exists() and not (tmp_path / "r" / "a").exists()
-    st.write_bytes("a/b/c.bin", b"3")                       # folders come back on the next write
+    st.write_bytes("a/b/c.bin", b"3")  # folders come back on the next write
     assert st.read_bytes("a/b/c.bin") == b"3"
 
 

@@ -1,6 +1,7 @@
 """Routine outages cost a pause, not the run; an endpoint that never answers fails in bounded time with one
 line naming it. Real faults: a SeaweedFS killed with SIGKILL and restarted on the same data, a TCP listener
 that accepts and never answers."""
+
 import socket
 import threading
 import time
@@ -43,8 +44,15 @@ def test_silent_endpoint_fails_in_bounded_time_with_one_line():
     listener.listen(64)  # accepts connections (the kernel does), never answers
     port = listener.getsockname()[1]
     try:
-        store = open_store("s3://bucket/p", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="k",
-                           aws_secret_access_key="s", region_name="us-east-1", retry_s=4, read_timeout=1)
+        store = open_store(
+            "s3://bucket/p",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            region_name="us-east-1",
+            retry_s=4,
+            read_timeout=1,
+        )
         t0 = time.time()
         with pytest.raises(ConnectionError) as err:
             store.read_bytes("x.jpg")

@@ -5,6 +5,7 @@
 Prints markdown (check.sh tees it into OUT/report.md; the README's GPU section is pasted from it). Missing
 files mean a step failed or timed out: the table says so instead of failing itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,13 @@ import math
 import sys
 from pathlib import Path
 
-STEPS = {"install": "install wheels", "gpu_tests": "pytest -m gpu", "launch": "python launch.py",
-         "bench_train": "bench train (B/16)", "bench_data": "bench data"}
+STEPS = {
+    "install": "install wheels",
+    "gpu_tests": "pytest -m gpu",
+    "launch": "python launch.py",
+    "bench_train": "bench train (B/16)",
+    "bench_data": "bench data",
+}
 TARGET_OVERHEAD, TARGET_MFU = 1.05, 0.40  # issue 20: MSCA-B/16 step <= 1.05x ViT-B/16, MFU >= 40 % on an H100
 
 
@@ -31,8 +37,11 @@ def step_detail(name: str, out: Path, work: Path) -> str:
     """One line saying what the step produced: the pytest summary, the default run's test accuracy, ..."""
     log = read(out / f"{name}.log") or read(work / f"{name}.log")
     if name == "gpu_tests":
-        summary = [ln.strip("= ") for ln in log.splitlines() if " in " in ln and any(
-            w in ln for w in ("passed", "failed", "skipped", "error"))]
+        summary = [
+            ln.strip("= ")
+            for ln in log.splitlines()
+            if " in " in ln and any(w in ln for w in ("passed", "failed", "skipped", "error"))
+        ]
         skips = {ln.split(": ", 1)[-1] for ln in log.splitlines() if ln.startswith("SKIPPED")}
         return "; ".join(filter(None, [summary[-1] if summary else "", *sorted(skips)]))
     if name == "launch":
@@ -63,8 +72,11 @@ def pipeline_rates(out: Path) -> dict:
     rows = [r for r in json.loads(path.read_text()) if r["pipeline"] == "msca local"]
     one = next((r["clips_per_s"] for r in rows if r["workers"] == 0), None)
     most = max(rows, key=lambda r: r["workers"], default=None)
-    return {"one_core": one, "workers": most["workers"] if most else None,
-            "all": most["clips_per_s"] if most and most["workers"] else None}
+    return {
+        "one_core": one,
+        "workers": most["workers"] if most else None,
+        "all": most["clips_per_s"] if most and most["workers"] else None,
+    }
 
 
 def cores_needed(clips_s: float, rates: dict) -> str:
@@ -79,26 +91,41 @@ def model_table(out: Path) -> list[str]:
         return ["(no bench train results: see bench_train.log)"]
     results, rates = json.loads(path.read_text()), pipeline_rates(out)
     first = results[0]
-    rows = [f"{first['batch']} clips x {first['frames']} frames @ {first['crop']}px, {first['precision']} "
-            f"ZeRO-{first['zero']}, {first['workers']} loader workers, measured peak "
-            f"{first['peak_flops'] / 1e12:.1f} TFLOP/s", "",
-            "| model | clips/s model | clips/s e2e | step vs first | TFLOP/s | MFU | MFU e2e | peak GiB "
-            "| data wait | cores to feed it |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"{first['batch']} clips x {first['frames']} frames @ {first['crop']}px, {first['precision']} "
+        f"ZeRO-{first['zero']}, {first['workers']} loader workers, measured peak "
+        f"{first['peak_flops'] / 1e12:.1f} TFLOP/s",
+        "",
+        "| model | clips/s model | clips/s e2e | step vs first | TFLOP/s | MFU | MFU e2e | peak GiB "
+        "| data wait | cores to feed it |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rows += [model_row(r, first, rates) for r in results]
     if rates:
-        rows += ["", f"data pipeline (msca local, 8x224 clips): {rates['one_core'] or 0:.1f} clips/s on one core, "
-                 f"{rates['all'] or 0:.1f} clips/s with {rates['workers']} workers; 'cores to feed it' = the model's "
-                 "clips/s over the per-worker rate"]
+        rows += [
+            "",
+            f"data pipeline (msca local, 8x224 clips): {rates['one_core'] or 0:.1f} clips/s on one core, "
+            f"{rates['all'] or 0:.1f} clips/s with {rates['workers']} workers; 'cores to feed it' = the model's "
+            "clips/s over the per-worker rate",
+        ]
     rows += targets(results)
     return rows
 
 
 def model_row(r: dict, first: dict, rates: dict) -> str:
     s, mem = r["s_per_step"], r["peak_mem_bytes"]
-    cells = [r["model"], f"{r['batch'] / s['model']:.1f}", f"{r['batch'] / s['e2e']:.1f}",
-             f"{s['model'] / first['s_per_step']['model']:.3f}", f"{r['tflops']:.2f}", f"{100 * r['mfu']:.1f}%",
-             f"{100 * r['mfu_e2e']:.1f}%", f"{mem / 2**30:.1f}" if mem is not None else "-",
-             f"{100 * r['data_wait_share']:.1f}%", cores_needed(r["batch"] / s["model"], rates)]
+    cells = [
+        r["model"],
+        f"{r['batch'] / s['model']:.1f}",
+        f"{r['batch'] / s['e2e']:.1f}",
+        f"{s['model'] / first['s_per_step']['model']:.3f}",
+        f"{r['tflops']:.2f}",
+        f"{100 * r['mfu']:.1f}%",
+        f"{100 * r['mfu_e2e']:.1f}%",
+        f"{mem / 2**30:.1f}" if mem is not None else "-",
+        f"{100 * r['data_wait_share']:.1f}%",
+        cores_needed(r["batch"] / s["model"], rates),
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -108,9 +135,12 @@ def targets(results: list[dict]) -> list[str]:
         return []
     ratio = by["msca_b16"]["s_per_step"]["model"] / by["vit_b16"]["s_per_step"]["model"]
     mfu = by["msca_b16"]["mfu"]
-    return ["", f"targets: MSCA-B/16 step {ratio:.3f}x ViT-B/16 (<= {TARGET_OVERHEAD}: "
-                f"{'met' if ratio <= TARGET_OVERHEAD else 'NOT met'}); MSCA-B/16 MFU {100 * mfu:.1f}% "
-                f"(>= {100 * TARGET_MFU:.0f}%: {'met' if mfu >= TARGET_MFU else 'NOT met'})"]
+    return [
+        "",
+        f"targets: MSCA-B/16 step {ratio:.3f}x ViT-B/16 (<= {TARGET_OVERHEAD}: "
+        f"{'met' if ratio <= TARGET_OVERHEAD else 'NOT met'}); MSCA-B/16 MFU {100 * mfu:.1f}% "
+        f"(>= {100 * TARGET_MFU:.0f}%: {'met' if mfu >= TARGET_MFU else 'NOT met'})",
+    ]
 
 
 def main(argv: list[str]) -> int:

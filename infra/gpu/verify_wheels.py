@@ -8,6 +8,7 @@ must be met by SITE itself (name and version) or named in the image's package li
 versions are not known here). A requirement met by neither would make `import` fail on the GPU machine, where
 nothing can be fetched. --import then imports modules from SITE, proving the binary wheels load in 3.12.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -14,6 +14,7 @@ SeaweedFS started for the run. Interleaved rounds, medians reported:
   load                CheckpointManager.load_latest(): list, download, sha256-verify, engine.load_checkpoint
 Throughput ratios are against raw boto3 of the same bytes; the stall against the sync save.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ from pathlib import Path
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m msca.bench checkpoint", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.bench checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="msca_b16", help="a msca.model preset (msca_b16: ~1 GB with AdamW)")
     p.add_argument("--tiny", action="store_true", help="the preset at laptop size (embed 96, depth 4, 32 px)")
     p.add_argument("--rounds", type=int, default=3)
@@ -48,9 +52,11 @@ def build_engine(model_name: str, tiny: bool):
     if tiny:
         overrides.update(embed_dim=96, depth=4, num_heads=4, patch_size=8, img_size=32)
     model = create_model(model_name, **overrides)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
-                                      config={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0},
-                                              "steps_per_print": 10 ** 9})
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+        config={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0}, "steps_per_print": 10**9},
+    )
     size = model.patch_embed.proj.weight.shape[-1] * (model.pos_embed.shape[1] - 1) ** 0.5
     video = torch.randn(1, 2, 3, int(size), int(size))  # (B, T, 3, H, W)
     engine.backward(engine(video).float().sum())
@@ -67,8 +73,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="msca-bench-ckpt-"))
     server = start_seaweedfs(work / "seaweedfs")
     try:
-        os.environ.update(AWS_ACCESS_KEY_ID=server["key"], AWS_SECRET_ACCESS_KEY=server["secret"],
-                          MSCA_CACHE=str(work / "cache"))
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=server["key"], AWS_SECRET_ACCESS_KEY=server["secret"], MSCA_CACHE=str(work / "cache")
+        )
         import boto3
 
         s3 = boto3.client("s3", endpoint_url=server["endpoint"], region_name="us-east-1")
@@ -107,8 +114,12 @@ def main(argv=None) -> int:
             CheckpointManager(engine, home, staging_dir=staging).load_latest()
             times["load"].append(time.perf_counter() - t0)
 
-            bg = CheckpointManager(engine, RunHome(f"s3://bench/runs/bg{r}", endpoint_url=server["endpoint"]),
-                                   background=True, staging_dir=staging)
+            bg = CheckpointManager(
+                engine,
+                RunHome(f"s3://bench/runs/bg{r}", endpoint_url=server["endpoint"]),
+                background=True,
+                staging_dir=staging,
+            )
             t0 = time.perf_counter()
             bg.save(2, {"step": 2})
             stall = time.perf_counter() - t0
@@ -134,12 +145,20 @@ def report(times: dict, nbytes: int, model: str) -> str:
         ("save + upload (sync)", med["save_sync"], med["raw_up"], "raw boto3 upload_file"),
         ("download + verify + load", med["load"], med["raw_down"], "raw boto3 download_file"),
     ]
-    lines = [f"checkpoint of {model}: {mb:.0f} MB in the store", "",
-             "| operation | median s | MB/s | baseline MB/s | ratio (>= 0.8 target) |", "|---|---|---|---|---|"]
+    lines = [
+        f"checkpoint of {model}: {mb:.0f} MB in the store",
+        "",
+        "| operation | median s | MB/s | baseline MB/s | ratio (>= 0.8 target) |",
+        "|---|---|---|---|---|",
+    ]
     for name, ours, raw, base in rows:
         lines.append(f"| {name} | {ours:.2f} | {mb / ours:.0f} | {mb / raw:.0f} ({base}) | {raw / ours:.2f} |")
-    lines += ["", "| loop stall | median s | vs sync save (<= 5 % target) |", "|---|---|---|",
-              f"| sync save | {med['save_sync']:.2f} | 100 % |",
-              f"| async save (background upload) | {med['async_stall']:.2f} | "
-              f"{100 * med['async_stall'] / med['save_sync']:.0f} % |"]
+    lines += [
+        "",
+        "| loop stall | median s | vs sync save (<= 5 % target) |",
+        "|---|---|---|",
+        f"| sync save | {med['save_sync']:.2f} | 100 % |",
+        f"| async save (background upload) | {med['async_stall']:.2f} | "
+        f"{100 * med['async_stall'] / med['save_sync']:.0f} % |",
+    ]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ All go through `build_loader` (batches of --batch clips; our dataset's `__getite
 frames concurrently). workers=0 loads in this process pinned to one core (the per-core number); workers=N
 uses N loader processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,7 @@ def make_videos(out: Path, videos: int, frames: int, h: int, w: int, quality: in
         (out / path).mkdir(parents=True, exist_ok=True)
         for i in range(frames):
             f = np.roll(tex, (int(vy * i), int(vx * i)), axis=(0, 1)) + noise[i % len(noise)]
-            (out / path / f"img_{i + 1:05d}.jpg").write_bytes(encode_jpeg(np.clip(f, 0, 255).astype(np.uint8),
-                                                                          quality))
+            (out / path / f"img_{i + 1:05d}.jpg").write_bytes(encode_jpeg(np.clip(f, 0, 255).astype(np.uint8), quality))
         records.append(VideoRecord(path, frames, v % 4))
     (out / "train.txt").write_text(format_list(records))
     return records
@@ -97,13 +97,14 @@ class PilBaseline(torch.utils.data.Dataset):
             img = img.crop((ox, oy, ox + CROP, oy + CROP))
             img = _pil_jitter(img, p)
             x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous().float().div(255)
-            out.append((x - 0.5) / 0.5)                                   # (3, 224, 224)
-        return {"video": torch.stack(out), "label": rec.label, "index": index}   # (T, 3, 224, 224)
+            out.append((x - 0.5) / 0.5)  # (3, 224, 224)
+        return {"video": torch.stack(out), "label": rec.label, "index": index}  # (T, 3, 224, 224)
 
 
 def _pil_jitter(img: Image.Image, p) -> Image.Image:
     """torchvision.transforms.functional's PIL colour ops, as the original's Train_ClipAug applies them."""
     from PIL import ImageEnhance
+
     if p.brightness is not None:
         img = ImageEnhance.Brightness(img).enhance(p.brightness)
     if p.saturation is not None:
@@ -159,14 +160,20 @@ def start_seaweedfs(workdir: Path, cpus: str = "") -> dict:
     r = subprocess.run(["bash", str(script), "start", str(workdir)], env=env, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"SeaweedFS did not start:\n{r.stderr}")
-    return {"script": script, "dir": workdir, "endpoint": f"http://127.0.0.1:{port}",
-            "key": "devkey", "secret": "devsecret123"}
+    return {
+        "script": script,
+        "dir": workdir,
+        "endpoint": f"http://127.0.0.1:{port}",
+        "key": "devkey",
+        "secret": "devsecret123",
+    }
 
 
 # --- measurement ----------------------------------------------------------------------------------------------------
 def run(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m msca.bench data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m msca.bench data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--frames", type=int, default=300, help="frames per video (>= 256 so 8x32 clips do not wrap)")
     ap.add_argument("--height", type=int, default=331)
@@ -193,12 +200,21 @@ def run(argv=None) -> dict:
         t0 = time.time()
         records = make_videos(work / "frames", a.videos, a.frames, a.height, a.width, a.quality)
         nbytes = sum(p.stat().st_size for p in (work / "frames").rglob("*.jpg"))
-        print(f"data: {a.videos} videos x {a.frames} frames of {a.height}x{a.width} JPEG q{a.quality} "
-              f"(mean {nbytes / a.videos / a.frames / 1024:.0f} KiB), made in {time.time() - t0:.1f}s")
+        print(
+            f"data: {a.videos} videos x {a.frames} frames of {a.height}x{a.width} JPEG q{a.quality} "
+            f"(mean {nbytes / a.videos / a.frames / 1024:.0f} KiB), made in {time.time() - t0:.1f}s"
+        )
         local = open_store(str(work / "frames"))
         pipelines = {"pil-baseline": PilBaseline(str(work / "frames"), records, jitter=a.jitter)}
-        ds_kw = dict(train=True, num_frames=T, stride=STRIDE, crop_size=CROP, train_short_side=SHORT,
-                     color_jitter_prob=a.jitter, io_workers=a.io_workers)
+        ds_kw = dict(
+            train=True,
+            num_frames=T,
+            stride=STRIDE,
+            crop_size=CROP,
+            train_short_side=SHORT,
+            color_jitter_prob=a.jitter,
+            io_workers=a.io_workers,
+        )
         pipelines["msca local"] = VideoClipDataset(local, records, **ds_kw)
         if not a.no_s3:
             if a.s3_endpoint:
@@ -217,11 +233,16 @@ def run(argv=None) -> dict:
             pipelines["msca s3"] = VideoClipDataset(s3, records, **ds_kw)
 
         # fidelity: same item through ours and PIL (an item with no colour jitter drawn)
-        plain = next(((0, i) for i in range(len(records))
-                      if _no_jitter(draw_train_params(sample_rng(0, 0, i, AUGMENT_STREAM), SHORT, True, a.jitter))),
-                     (0, 0))
+        plain = next(
+            (
+                (0, i)
+                for i in range(len(records))
+                if _no_jitter(draw_train_params(sample_rng(0, 0, i, AUGMENT_STREAM), SHORT, True, a.jitter))
+            ),
+            (0, 0),
+        )
         ref, ours = pipelines["pil-baseline"][plain]["video"], pipelines["msca local"][plain]["video"]
-        diff = ((ref - ours).abs() * 127.5)
+        diff = (ref - ours).abs() * 127.5
         print(f"ours vs PIL on the same clip: mean |diff| {diff.mean():.3f}, max {diff.max():.1f} (0..255 scale)")
         print(f"decoder: {decoder_name()}; resize: {describe()}")
 
@@ -232,11 +253,13 @@ def run(argv=None) -> dict:
             if workers == 0:
                 os.sched_setaffinity(0, {allowed[0]})
             samplers = {name: _Items() for name in pipelines}
-            loaders = {name: build_loader(ds, samplers[name], batch_size=a.batch, num_workers=workers,
-                                          read_ahead=a.read_ahead) for name, ds in pipelines.items()}
+            loaders = {
+                name: build_loader(ds, samplers[name], batch_size=a.batch, num_workers=workers, read_ahead=a.read_ahead)
+                for name, ds in pipelines.items()
+            }
             rates = {name: [] for name in pipelines}
             cpu_rates = {name: [] for name in pipelines}
-            for r in range(a.rounds + 1):              # round 0 warms caches, workers and connections
+            for r in range(a.rounds + 1):  # round 0 warms caches, workers and connections
                 items = [(r, i % n) for i in range(r * a.clips, (r + 1) * a.clips)]
                 for name in pipelines:
                     samplers[name].items = items
@@ -251,17 +274,26 @@ def run(argv=None) -> dict:
                 os.sched_setaffinity(0, set(allowed))
             del loaders
             for name, rs in rates.items():
-                results.append({"pipeline": name, "workers": workers, "clips_per_s": statistics.median(rs),
-                                "clips_per_cpu_s": statistics.median(cpu_rates[name]),
-                                "spread": [round(min(rs), 1), round(max(rs), 1)]})
+                results.append(
+                    {
+                        "pipeline": name,
+                        "workers": workers,
+                        "clips_per_s": statistics.median(rs),
+                        "clips_per_cpu_s": statistics.median(cpu_rates[name]),
+                        "spread": [round(min(rs), 1), round(max(rs), 1)],
+                    }
+                )
         report(results)
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1))
         return {"results": results}
     finally:
         if server:
-            subprocess.run(["bash", str(server["script"]), "stop", str(server["dir"])], capture_output=True,
-                           env=dict(os.environ, SEAWEEDFS_STOP_TIMEOUT="5"))
+            subprocess.run(
+                ["bash", str(server["script"]), "stop", str(server["dir"])],
+                capture_output=True,
+                env=dict(os.environ, SEAWEEDFS_STOP_TIMEOUT="5"),
+            )
         tmp.cleanup()
 
 
@@ -283,19 +315,25 @@ def _cpu_seconds(loader, workers: int) -> float:
 def report(results: list) -> None:
     """Wall-clock clips/s is the target metric; clips per CPU-second of the loading processes is printed too,
     since on a shared machine other jobs take wall time from any pipeline."""
-    print(f"\n{'pipeline':<14} {'workers':>7} {'clips/s':>8} {'frames/s':>9} {'range':>12} {'vs PIL':>7} "
-          f"{'vs local':>8} {'clips/cpu-s':>11} {'vs local':>8}")
+    print(
+        f"\n{'pipeline':<14} {'workers':>7} {'clips/s':>8} {'frames/s':>9} {'range':>12} {'vs PIL':>7} "
+        f"{'vs local':>8} {'clips/cpu-s':>11} {'vs local':>8}"
+    )
     for r in results:
         same = {x["pipeline"]: x for x in results if x["workers"] == r["workers"]}
         vs_pil = r["clips_per_s"] / same["pil-baseline"]["clips_per_s"]
         vs_local = r["clips_per_s"] / same["msca local"]["clips_per_s"]
         cpu_vs_local = r["clips_per_cpu_s"] / same["msca local"]["clips_per_cpu_s"]
         lo, hi = r["spread"]
-        print(f"{r['pipeline']:<14} {r['workers']:>7} {r['clips_per_s']:>8.1f} {r['clips_per_s'] * T:>9.0f} "
-              f"{f'{lo}-{hi}':>12} {vs_pil:>6.2f}x {vs_local:>7.2f}x {r['clips_per_cpu_s']:>11.1f} "
-              f"{cpu_vs_local:>7.2f}x")
-    print("(workers=0: one process pinned to one core; targets: msca local >= 2x pil-baseline, "
-          "msca s3 >= 0.8x msca local)")
+        print(
+            f"{r['pipeline']:<14} {r['workers']:>7} {r['clips_per_s']:>8.1f} {r['clips_per_s'] * T:>9.0f} "
+            f"{f'{lo}-{hi}':>12} {vs_pil:>6.2f}x {vs_local:>7.2f}x {r['clips_per_cpu_s']:>11.1f} "
+            f"{cpu_vs_local:>7.2f}x"
+        )
+    print(
+        "(workers=0: one process pinned to one core; targets: msca local >= 2x pil-baseline, "
+        "msca s3 >= 0.8x msca local)"
+    )
 
 
 def main(argv=None) -> int:

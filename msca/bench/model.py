@@ -4,6 +4,7 @@
     python -m msca.bench model                                # small and B/16 sizes, defaults sized for 2 CPU cores
     python -m msca.bench model --sizes b16 --batch 8 --iters 50   # on a GPU: bf16 autocast + flash SDPA
 """
+
 import argparse
 import contextlib
 import statistics
@@ -23,8 +24,9 @@ MODELS = ("vit_b16", "msca_b16", "tokenshift_b16")
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m msca.bench model", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.bench model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", default="small,b16", help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--models", default=",".join(MODELS), help="comma list of presets; the first is the baseline")
     p.add_argument("--batch", type=int, help="clips per step (default: per size)")
@@ -72,7 +74,7 @@ def bench_size(size, args, device):
     y = torch.randint(0, 400, (B,), device=device)
     times = {n: [] for n in names}
     for i in range(args.warmup + iters):
-        for n in names[i % len(names):] + names[:i % len(names)]:  # rotate the order every round
+        for n in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order every round
             dt = step(models[n], x, y, device)
             if i >= args.warmup:
                 times[n].append(dt)
@@ -80,8 +82,10 @@ def bench_size(size, args, device):
     rows = []
     for n in names:
         med, lo = statistics.median(times[n]), min(times[n])
-        rows.append(f"| {size} | B={B} T={T} | {n} | {med * 1e3:.1f} | {lo * 1e3:.1f} | {med / base:.3f} "
-                    f"| {lo / base_min:.3f} |")
+        rows.append(
+            f"| {size} | B={B} T={T} | {n} | {med * 1e3:.1f} | {lo * 1e3:.1f} | {med / base:.3f} "
+            f"| {lo / base_min:.3f} |"
+        )
     return rows
 
 
@@ -92,8 +96,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"# model step time (forward+backward), torch {torch.__version__}, {where}, "
-          f"{'bf16 autocast + flash SDPA' if device.type == 'cuda' else 'fp32'}")
+    print(
+        f"# model step time (forward+backward), torch {torch.__version__}, {where}, "
+        f"{'bf16 autocast + flash SDPA' if device.type == 'cuda' else 'fp32'}"
+    )
     base = args.models.split(",")[0]
     print(f"| size | batch | model | median ms | min ms | median / {base} | min / {base} |")
     print("|---|---|---|---|---|---|---|")

@@ -3,12 +3,13 @@ cause, and the goodput of a run preempted every N seconds. Needs a running SLURM
 two-node cluster:
 
     infra/slurm/cluster.sh up /tmp/msca-slurm && export SLURM_CONF=/tmp/msca-slurm/etc/slurm.conf
-    python -m msca.bench preempt                      # tiny 2-node run, one USR2, then runs preempted every N s and never
+    python -m msca.bench preempt   # tiny 2-node run, one USR2, then runs preempted every N s and never
 
 Sources: the bench's own clock (signal), checkpoint manifest mtimes (commit), squeue polled every 0.1 s
 (requeue seen, scheduler wait), submitit's ms-stamped "Starting with" line (process start), our 1-s-resolution
 log lines (distributed init, checkpoint load) and metrics.jsonl (ms-stamped steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,18 +28,42 @@ from msca.runstate.attempts import read_attempts, summarize
 from msca.storage import open_store
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.synthetic.classes=4", "data.synthetic.videos_per_class=6", "data.synthetic.val_videos_per_class=2",
-        "data.synthetic.frames=16", "data.synthetic.height=40", "data.synthetic.width=52", "data.crop_size=32",
-        "data.train_short_side=[36,44]", "data.test_short_side=36", "data.stride=2", "data.num_workers=0",
-        "data.batch_size=2", "train.progress=false", "train.log_every=1", "eval.at_end=false", "train.val_every=0",
-        "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.shift_div=2",
-        "deepspeed=zero2", "checkpoint.every_steps=0", "checkpoint.every_epochs=0",
-        "cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1"]
+TINY = [
+    "data.synthetic.classes=4",
+    "data.synthetic.videos_per_class=6",
+    "data.synthetic.val_videos_per_class=2",
+    "data.synthetic.frames=16",
+    "data.synthetic.height=40",
+    "data.synthetic.width=52",
+    "data.crop_size=32",
+    "data.train_short_side=[36,44]",
+    "data.test_short_side=36",
+    "data.stride=2",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "train.progress=false",
+    "train.log_every=1",
+    "eval.at_end=false",
+    "train.val_every=0",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.shift_div=2",
+    "deepspeed=zero2",
+    "checkpoint.every_steps=0",
+    "checkpoint.every_epochs=0",
+    "cluster=slurm",
+    "cluster.nodes=2",
+    "cluster.tasks_per_node=1",
+    "cluster.cpus_per_task=1",
+]
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m msca.bench preempt", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.bench preempt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--every-s", type=float, default=10.0, help="goodput run: USR2 this long after each (re)start")
     p.add_argument("--epochs", type=int, default=200, help="goodput run length (6 steps per epoch)")
     p.add_argument("--dir", default=None, help="work folder (default: a new temp folder)")
@@ -52,8 +77,14 @@ class Run:
         self.home = tmp / "store" / "runs" / name
         args = [f"run.name={name}", f"store.root={tmp / 'store'}", f"data.root={tmp / 'data'}", *TINY, *overrides]
         self.t_launch = time.time()
-        out = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True,
-                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        out = subprocess.run(
+            [sys.executable, str(REPO / "launch.py"), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=300,
+        )
         if out.returncode:
             raise SystemExit(f"launch failed:\n{out.stdout}\n{out.stderr}")
         self.job = re.search(r"slurm: job (\d+)", out.stdout).group(1)
@@ -62,8 +93,9 @@ class Run:
         out = subprocess.run(["squeue", "-h", "-j", self.job, "-o", "%T"], capture_output=True, text=True).stdout
         if out.strip():
             return out.split()[0]
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", self.job, "-o", "State"], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", self.job, "-o", "State"], capture_output=True, text=True
+        ).stdout
         return out.split()[0] if out.split() else "UNKNOWN"
 
     def steps(self) -> list[dict]:
@@ -87,13 +119,17 @@ class Run:
 def stamps(text: str, pattern: str) -> list[float]:
     """Epoch times of our log lines (HH:MM:SS, today) matching pattern."""
     today = datetime.date.today()
-    return [datetime.datetime.combine(today, datetime.time.fromisoformat(m.group(1))).timestamp()
-            for m in re.finditer(rf"^(\d\d:\d\d:\d\d) \w+ .*{pattern}", text, re.M)]
+    return [
+        datetime.datetime.combine(today, datetime.time.fromisoformat(m.group(1))).timestamp()
+        for m in re.finditer(rf"^(\d\d:\d\d:\d\d) \w+ .*{pattern}", text, re.M)
+    ]
 
 
 def submitit_starts(text: str) -> list[float]:
-    return [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            for m in re.finditer(r"submitit INFO \((.+?)\) - Starting with", text)]
+    return [
+        datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for m in re.finditer(r"submitit INFO \((.+?)\) - Starting with", text)
+    ]
 
 
 def wait(pred, timeout=600.0, poll=0.1):
@@ -120,10 +156,17 @@ def round_trip(run: Run, at_step: int = 5) -> dict:
     start = submitit_starts(text)[-1]
     dist_up = stamps(text, r"rank\(s\) on")[-1]
     loaded = stamps(text, "resumed from")[-1]
-    return {"stop step": stop, "signal -> commit": t_commit - t_sig, "commit -> requeued (seen)": t_left - t_commit,
-            "scheduler wait": t_running - t_left, "process start": start - t_running,
-            "imports + distributed init (1 s res.)": dist_up - start, "model + engine build + checkpoint load (1 s res.)": loaded - dist_up,
-            "first step": first - loaded, "signal -> first resumed step": first - t_sig}
+    return {
+        "stop step": stop,
+        "signal -> commit": t_commit - t_sig,
+        "commit -> requeued (seen)": t_left - t_commit,
+        "scheduler wait": t_running - t_left,
+        "process start": start - t_running,
+        "imports + distributed init (1 s res.)": dist_up - start,
+        "model + engine build + checkpoint load (1 s res.)": loaded - dist_up,
+        "first step": first - loaded,
+        "signal -> first resumed step": first - t_sig,
+    }
 
 
 def goodput(run: Run, every_s: float) -> dict:
@@ -142,7 +185,7 @@ def goodput(run: Run, every_s: float) -> dict:
         if done != "RUNNING":
             break
         n = len(run.steps())
-        wait(lambda: len(run.steps()) > n or run.state() != "RUNNING")
+        wait(lambda n=n: len(run.steps()) > n or run.state() != "RUNNING")
     state = wait(lambda: run.state() if run.state() in ("COMPLETED", "FAILED", "CANCELLED") else None)
     steps = run.steps()
     times = [m["time"] for m in steps]
@@ -151,30 +194,47 @@ def goodput(run: Run, every_s: float) -> dict:
     productive = sum(g for g in gaps if g < 10 * typical) + typical  # gaps across a restart are not training
     wall = max(times) - run.t_launch
     ledger = summarize(read_attempts(open_store(str(run.home))))  # the run's own attempt ledger (issue 8)
-    return {"state": state, "steps": len(steps), "preemptions": stops, "median step s": typical,
-            "productive s": productive, "wall s (launch -> last step)": wall, "goodput": productive / wall,
-            "attempts (ledger)": ledger["attempts"], "goodput (ledger, job wall)": ledger["goodput"],
-            **{f"badput {k} (ledger)": v for k, v in ledger["badput"].items()}}
+    return {
+        "state": state,
+        "steps": len(steps),
+        "preemptions": stops,
+        "median step s": typical,
+        "productive s": productive,
+        "wall s (launch -> last step)": wall,
+        "goodput": productive / wall,
+        "attempts (ledger)": ledger["attempts"],
+        "goodput (ledger, job wall)": ledger["goodput"],
+        **{f"badput {k} (ledger)": v for k, v in ledger["badput"].items()},
+    }
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     if subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
-        print("no SLURM controller reachable: start one (infra/slurm/cluster.sh up DIR) and export SLURM_CONF",
-              file=sys.stderr)
+        print(
+            "no SLURM controller reachable: start one (infra/slurm/cluster.sh up DIR) and export SLURM_CONF",
+            file=sys.stderr,
+        )
         return 2
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="msca-bench-preempt-"))
     rt = round_trip(Run(tmp, "roundtrip", ["train.epochs=40", *args.overrides]))
     print("\n| USR2 round trip (2 nodes x 1 task) | seconds |\n|---|---|")
     for k, v in rt.items():
         print(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    rows = {f"preempted every {args.every_s:.0f} s": goodput(Run(tmp, "goodput", [f"train.epochs={args.epochs}",
-                                                                                 *args.overrides]), args.every_s),
-            "never preempted": goodput(Run(tmp, "baseline", [f"train.epochs={args.epochs}", *args.overrides]),
-                                       float("inf"))}
+    rows = {
+        f"preempted every {args.every_s:.0f} s": goodput(
+            Run(tmp, "goodput", [f"train.epochs={args.epochs}", *args.overrides]), args.every_s
+        ),
+        "never preempted": goodput(
+            Run(tmp, "baseline", [f"train.epochs={args.epochs}", *args.overrides]), float("inf")
+        ),
+    }
     keys = list(next(iter(rows.values())))
     print(f"\n| goodput, {args.epochs} epochs | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows))
     for k in keys:
-        print(f"| {k} | " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k])
-                                       for r in rows.values()) + " |")
+        print(
+            f"| {k} | "
+            + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for r in rows.values())
+            + " |"
+        )
     return 0

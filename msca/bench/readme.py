@@ -7,6 +7,7 @@ synthetic dataset, then rewrites the README blocks between `<!-- BEGIN name -->`
 `default-run` (the default run's output, trimmed), `motion-compare` (its table) and, with --seeds-json (from
 `python -m msca.bench seeds --json`), `seeds` (the robustness table). Each block says the machine and commit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ KEEP = re.compile(r"^(run |local:|test top-1)|synthetic dataset written|msca\.tr
 
 
 def trim(output: str, root: str) -> str:
-    lines = [re.sub(r"^\d\d:\d\d:\d\d ", "", line).replace(root, "...") for line in output.splitlines()
-             if KEEP.search(line)]
+    lines = [
+        re.sub(r"^\d\d:\d\d:\d\d ", "", line).replace(root, "...") for line in output.splitlines() if KEEP.search(line)
+    ]
     return "\n".join(lines)
 
 
@@ -37,8 +39,9 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m msca.bench readme", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.bench readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds-json", help="output of `python -m msca.bench seeds --json` to show as a table")
     a = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="msca-readme-")
@@ -46,10 +49,11 @@ def main(argv=None) -> int:
     where = provenance()
     wall, out = launch(["run.name=default"], env)
     text = README.read_text()
-    text = replace_block(text, "default-run", f"```\n{trim(out, work)}\n```\n({wall:.0f} s wall including data "
-                                              f"generation; {where})")
+    text = replace_block(
+        text, "default-run", f"```\n{trim(out, work)}\n```\n({wall:.0f} s wall including data generation; {where})"
+    )
     _, out = launch(["experiment=motion_compare", "run.name=compare"], env)
-    table = out[out.rindex("\nmodel "):].strip()  # the comparison table closes the output
+    table = out[out.rindex("\nmodel ") :].strip()  # the comparison table closes the output
     text = replace_block(text, "motion-compare", f"```\n{table}\n```\n({where})")
     if a.seeds_json:
         seeds = json.loads(Path(a.seeds_json).read_text())

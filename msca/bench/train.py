@@ -15,6 +15,7 @@ measures several model configs one after another in one process (one peak measur
 `vs first` column is each model's step time over the first one's (MSCA-B/16's overhead over ViT-B/16).
 data wait = share of the e2e step spent blocked in next(loader): what the GPU would idle for want of data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m msca.bench train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m msca.bench train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=10, help="timed micro-steps per mode per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     p.add_argument("--models", default="", help="comma list of model configs (configs/model/) measured in turn")
@@ -48,8 +50,14 @@ def compose(overrides: list[str], tmp: str):
     from msca.config import register_schema
 
     register_schema()
-    fixed = [f"store.root={tmp}", "run.name=bench", "train.val_every=0", "train.progress=false",
-             "checkpoint.every_epochs=0", "train.epochs=1000"]
+    fixed = [
+        f"store.root={tmp}",
+        "run.name=bench",
+        "train.val_every=0",
+        "train.progress=false",
+        "checkpoint.every_epochs=0",
+        "train.epochs=1000",
+    ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=fixed + overrides)
 
@@ -150,10 +158,21 @@ def measure(overrides: list[str], steps: int, rounds: int) -> dict:
             times[name].append(timed(fn, steps, device))
     med = {m: statistics.median(v) for m, v in times.items()}
     peak_mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    out = dict(model=cfg.model.name, batch=bs, frames=cfg.data.num_frames, crop=cfg.data.crop_size,
-               precision=cfg.deepspeed.precision, zero=cfg.deepspeed.zero_stage, workers=cfg.data.num_workers,
-               device=str(device), s_per_step=med, flops=step_flops(trainer, fixed), peak_mem_bytes=peak_mem,
-               data_wait_share=waited[0] / (sum(times["e2e"]) * steps), dtype=str(trainer.dtype))
+    out = dict(
+        model=cfg.model.name,
+        batch=bs,
+        frames=cfg.data.num_frames,
+        crop=cfg.data.crop_size,
+        precision=cfg.deepspeed.precision,
+        zero=cfg.deepspeed.zero_stage,
+        workers=cfg.data.num_workers,
+        device=str(device),
+        s_per_step=med,
+        flops=step_flops(trainer, fixed),
+        peak_mem_bytes=peak_mem,
+        data_wait_share=waited[0] / (sum(times["e2e"]) * steps),
+        dtype=str(trainer.dtype),
+    )
     trainer.ckpt.wait()
     return out
 
@@ -168,22 +187,28 @@ def release() -> None:
 
 def report(results: list[dict], peak: float, steps: int, rounds: int) -> None:
     first = results[0]
-    print(f"\nbatch {first['batch']} x {first['frames']} frames @ {first['crop']}px | {first['precision']} "
-          f"ZeRO-{first['zero']} | {first['workers']} loader workers | {first['device']} | {rounds} rounds x "
-          f"{steps} steps | measured peak {peak / 1e12:.2f} TFLOP/s")
+    print(
+        f"\nbatch {first['batch']} x {first['frames']} frames @ {first['crop']}px | {first['precision']} "
+        f"ZeRO-{first['zero']} | {first['workers']} loader workers | {first['device']} | {rounds} rounds x "
+        f"{steps} steps | measured peak {peak / 1e12:.2f} TFLOP/s"
+    )
     print(f"{'model':<16}{'mode':<7}{'s/step':>9}{'clips/s':>9}{'vs model':>9}")
     for r in results:
         med = r["s_per_step"]
         for name, s in med.items():
             print(f"{r['model']:<16}{name:<7}{s:>9.4f}{r['batch'] / s:>9.1f}{med['model'] / s:>9.2f}")
-    print(f"\n{'model':<16}{'GFLOP/step':>11}{'TFLOP/s':>9}{'MFU':>7}{'MFU e2e':>9}{'peak GiB':>10}"
-          f"{'data wait':>10}{'vs first':>9}")
+    print(
+        f"\n{'model':<16}{'GFLOP/step':>11}{'TFLOP/s':>9}{'MFU':>7}{'MFU e2e':>9}{'peak GiB':>10}"
+        f"{'data wait':>10}{'vs first':>9}"
+    )
     for r in results:
         med = r["s_per_step"]
         mem = f"{r['peak_mem_bytes'] / 2**30:.1f}" if r["peak_mem_bytes"] is not None else "-"
-        print(f"{r['model']:<16}{r['flops'] / 1e9:>11.1f}{r['tflops']:>9.2f}{100 * r['mfu']:>6.1f}%"
-              f"{100 * r['mfu_e2e']:>8.1f}%{mem:>10}{100 * r['data_wait_share']:>9.1f}%"
-              f"{med['model'] / first['s_per_step']['model']:>9.3f}")
+        print(
+            f"{r['model']:<16}{r['flops'] / 1e9:>11.1f}{r['tflops']:>9.2f}{100 * r['mfu']:>6.1f}%"
+            f"{100 * r['mfu_e2e']:>8.1f}%{mem:>10}{100 * r['data_wait_share']:>9.1f}%"
+            f"{med['model'] / first['s_per_step']['model']:>9.3f}"
+        )
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ launcher checks the precision here); what exactly it would do (`dry_run`, printe
 scheduler's objections before anything is written (`check`); then `submit`, which waits for the job (and
 follows it) when the backend's config says so.
 """
+
 from __future__ import annotations
 
 import abc
@@ -72,8 +73,13 @@ class Backend(abc.ABC):
 T = TypeVar("T")
 
 
-def stop_gracefully(wait_until: Callable[[Optional[float]], T], request_stop: Callable[[int], None], who: str,
-                    second: str, grace_s: float = STOP_GRACE_S) -> T:
+def stop_gracefully(
+    wait_until: Callable[[Optional[float]], T],
+    request_stop: Callable[[int], None],
+    who: str,
+    second: str,
+    grace_s: float = STOP_GRACE_S,
+) -> T:
     """Ctrl-C (or SIGTERM turned into KeyboardInterrupt) means "stop with a checkpoint": ask `who` to stop,
     then wait up to `grace_s` for them. `wait_until(None)` waits for the job; `wait_until(deadline)` gives up
     at the deadline its own way (kill the ranks, abandon the run). A second Ctrl-C propagates: `second` says
@@ -81,7 +87,10 @@ def stop_gracefully(wait_until: Callable[[Optional[float]], T], request_stop: Ca
     try:
         return wait_until(None)
     except KeyboardInterrupt as stop:
-        print(f"stopping: {who} save a checkpoint first (up to {grace_s:.0f}s; Ctrl-C again to {second})",
-              file=sys.stderr, flush=True)
+        print(
+            f"stopping: {who} save a checkpoint first (up to {grace_s:.0f}s; Ctrl-C again to {second})",
+            file=sys.stderr,
+            flush=True,
+        )
         request_stop(int(getattr(stop, "signum", signal.SIGINT)))
         return wait_until(time.time() + grace_s)

@@ -1,5 +1,6 @@
 """Local backend: N rank processes on this machine (one per GPU with nccl, or CPU processes with gloo),
 each running `python -m jobs <job> <run_uri>` with the torch.distributed environment set."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ def ranks_for(procs_per_node: int) -> int:
 
 def rank_env(rank: int, world: int, port: int, threads: int) -> dict:
     env = dict(os.environ)
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS=str(threads),
+    )
     return env
 
 
@@ -76,8 +84,15 @@ class LocalBackend(Backend):
             else:
                 out = open(log_dir / f"rank{r}.log", "ab")
                 logs.append(out)
-            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                          start_new_session=not cluster.foreground))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out else None,
+                    start_new_session=not cluster.foreground,
+                )
+            )
         desc = f"{world} local rank(s), pids {[p.pid for p in procs]}, logs in {log_dir}"
         if not cluster.foreground:
             return Handle(self.name, desc)
@@ -95,14 +110,20 @@ def wait_all(procs: list[subprocess.Popen], stop_grace_s: float = STOP_GRACE_S, 
 
     On Ctrl-C the ranks are asked to stop (SIGTERM): they save a checkpoint at the next step and exit with
     EXIT_STOPPED, so we wait for that; a second Ctrl-C (or the grace period) stops them hard."""
+
     def request_stop(_signum: int) -> None:
         for p in procs:  # also when Ctrl-C did not reach them (another process group); a repeat is harmless
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
     try:
-        return stop_gracefully(lambda deadline: poll_until_done(procs, deadline=deadline, log_dir=log_dir),
-                               request_stop, "the ranks", "kill", stop_grace_s)
+        return stop_gracefully(
+            lambda deadline: poll_until_done(procs, deadline=deadline, log_dir=log_dir),
+            request_stop,
+            "the ranks",
+            "kill",
+            stop_grace_s,
+        )
     except KeyboardInterrupt:
         terminate(procs, grace_s=0)
         raise
@@ -131,8 +152,12 @@ def ended_code(proc: subprocess.Popen, rank: int, log_dir: Path | None) -> int |
         return code
     recorded = failure.recorded_end(log_dir, rank)
     if recorded is not None and recorded != code:
-        print(f"warning: rank {rank} ended its job with exit {recorded}, then its process exited with {code} "
-              f"while shutting down; counted as {recorded}", file=sys.stderr, flush=True)
+        print(
+            f"warning: rank {rank} ended its job with exit {recorded}, then its process exited with {code} "
+            f"while shutting down; counted as {recorded}",
+            file=sys.stderr,
+            flush=True,
+        )
         proc.returncode = recorded  # warn once
         return recorded
     return code

@@ -12,6 +12,7 @@ ends the run at once with the cause. Ray Train V2 runs the training function in 
 a stop is asked for through the run's stop key in Ray's KV store, which a watcher thread turns into the job's
 stop flag. This module and msca.cluster.ray_jobs are the only importers of ray besides tests.
 """
+
 from __future__ import annotations
 
 import functools
@@ -80,8 +81,9 @@ def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, 
     except Exception as err:
         if not is_deterministic(err):
             raise  # worker-side faults: Ray restarts the group (FailureConfig.max_failures)
-        logging.getLogger("jobs").error("not retried (a retry would fail the same way): %s: %s",
-                                        type(err).__name__, err)
+        logging.getLogger("jobs").error(
+            "not retried (a retry would fail the same way): %s: %s", type(err).__name__, err
+        )
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     finally:
         watcher.set()
@@ -110,8 +112,11 @@ def worker_runtime_env(cluster) -> dict:
     if cluster.address and not job.get("working_dir"):
         env.setdefault("working_dir", str(REPO))
     elif not job.get("working_dir"):
-        path = [str(REPO)] + [p for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(
-            os.pathsep) if p and p != str(REPO)]
+        path = [str(REPO)] + [
+            p
+            for p in (env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")).split(os.pathsep)
+            if p and p != str(REPO)
+        ]
         env_vars["PYTHONPATH"] = os.pathsep.join(path)
     env = {k: v for k, v in env.items() if k not in job}
     job_vars = job.get("env_vars") or {}
@@ -131,8 +136,14 @@ def connect(cluster) -> None:
         ray.init(address=cluster.address, **kwargs)
     else:
         cpus = max(1, int(cluster.num_workers * max(cluster.cpus_per_worker, 1)))
-        ray.init(num_cpus=cpus, num_gpus=cluster.num_workers if cluster.use_gpu else 0, include_dashboard=False,
-                 _temp_dir=ray_temp_dir(), _node_ip_address="127.0.0.1", **kwargs)
+        ray.init(
+            num_cpus=cpus,
+            num_gpus=cluster.num_workers if cluster.use_gpu else 0,
+            include_dashboard=False,
+            _temp_dir=ray_temp_dir(),
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
 
 
 def trainer_for(spec: JobSpec, cluster, job_key: str):
@@ -141,28 +152,35 @@ def trainer_for(spec: JobSpec, cluster, job_key: str):
 
     threads = max(1, int(cluster.cpus_per_worker))
     fn = functools.partial(run_worker, spec.make_callable, spec.run_uri, spec.endpoint_url, job_key, threads)
-    resources = {"CPU": float(cluster.cpus_per_worker), **{k: float(v) for k, v in
-                                                           dict(cluster.resources_per_worker).items()}}
+    resources = {
+        "CPU": float(cluster.cpus_per_worker),
+        **{k: float(v) for k, v in dict(cluster.resources_per_worker).items()},
+    }
     if cluster.use_gpu:
         resources["GPU"] = resources.get("GPU", 1.0)
     storage = cluster.storage_path or os.path.join(tempfile.gettempdir(), "msca-ray-results")
     return TorchTrainer(
         fn,
-        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo",
-                                 timeout_s=int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600"))),
-        scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=cluster.placement_strategy),
-        run_config=RunConfig(name=job_key, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cluster.max_failures)),
+        torch_config=TorchConfig(
+            backend="nccl" if cluster.use_gpu else "gloo",
+            timeout_s=int(os.environ.get("MSCA_COLLECTIVE_TIMEOUT_S", "600")),
+        ),
+        scaling_config=ScalingConfig(
+            num_workers=cluster.num_workers,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cluster.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=job_key, storage_path=storage, failure_config=FailureConfig(max_failures=cluster.max_failures)
+        ),
     )
 
 
 def request_stop(job_key: str, signum: int) -> None:
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(stop_key(job_key), str(signum).encode(), overwrite=True,
-                                 namespace=STOP_NAMESPACE)
+    internal_kv._internal_kv_put(stop_key(job_key), str(signum).encode(), overwrite=True, namespace=STOP_NAMESPACE)
 
 
 def clear_stop(job_key: str) -> None:
@@ -210,8 +228,9 @@ def fit(trainer, job_key: str, max_failures: int, stop_grace_s: float = STOP_GRA
             time.sleep(0.2)
         return done.is_set()
 
-    if not stop_gracefully(wait_until, lambda signum: request_stop(job_key, signum), "the workers", "abandon",
-                           stop_grace_s):
+    if not stop_gracefully(
+        wait_until, lambda signum: request_stop(job_key, signum), "the workers", "abandon", stop_grace_s
+    ):
         return None, "the workers did not stop within the grace period"
     return box.get("result"), box.get("error")
 
@@ -220,8 +239,10 @@ def _fit(trainer, max_failures: int) -> dict:
     try:
         return {"result": trainer.fit()}
     except Exception as err:  # noqa: BLE001 - TrainingFailedError and friends: reported, not raised
-        return {"error": f"{failure_summary(err)}; the {max_failures} worker-group restart(s) of "
-                         f"cluster.max_failures={max_failures} used up"}
+        return {
+            "error": f"{failure_summary(err)}; the {max_failures} worker-group restart(s) of "
+            f"cluster.max_failures={max_failures} used up"
+        }
 
 
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
@@ -233,7 +254,7 @@ def last_error_line(text: str, limit: int = 200) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     found = [line for line in lines if _ERROR_LINE.match(line)]
     line = (found or lines or ["(no message)"])[-1]
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def failure_summary(err: BaseException) -> str:
@@ -249,8 +270,12 @@ def failure_summary(err: BaseException) -> str:
         text = str(failure)
         if _DIED.search(text):
             host, pid = re.search(r"hostname='([^']+)'", text), re.search(r"\bpid=(\d+)", text)
-            died.append(f"rank {rank}" + (f" on {host.group(1)}" if host else "") + (f" (pid {pid.group(1)})" if pid
-                        else "") + ": its process died (killed, out of memory or crashed)")
+            died.append(
+                f"rank {rank}"
+                + (f" on {host.group(1)}" if host else "")
+                + (f" (pid {pid.group(1)})" if pid else "")
+                + ": its process died (killed, out of memory or crashed)"
+            )
         else:
             errors.append(f"rank {rank}: {last_error_line(text)}")
     return "; ".join(died + errors)
@@ -281,17 +306,26 @@ class RayBackend(Backend):
     def dry_run(self, spec: JobSpec, cluster) -> str:
         """The trainer Ray would run: workers, resources, placement, failure policy and the workers'
         runtime_env (secrets shown as names only)."""
-        resources = {"CPU": float(cluster.cpus_per_worker), **{k: float(v) for k, v in
-                                                               dict(cluster.resources_per_worker).items()}}
+        resources = {
+            "CPU": float(cluster.cpus_per_worker),
+            **{k: float(v) for k, v in dict(cluster.resources_per_worker).items()},
+        }
         if cluster.use_gpu:
             resources["GPU"] = resources.get("GPU", 1.0)
         env = worker_runtime_env(cluster)
         env_vars = {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in env.get("env_vars", {}).items()}
-        plan = {"address": cluster.address or "a private local Ray on 127.0.0.1",
-                "trainer": "ray.train.torch.TorchTrainer", "job": spec.job, "run_uri": spec.run_uri,
-                "backend": "nccl" if cluster.use_gpu else "gloo", "num_workers": cluster.num_workers,
-                "resources_per_worker": resources, "placement_strategy": cluster.placement_strategy,
-                "max_failures": cluster.max_failures, "runtime_env": {**env, "env_vars": env_vars}}
+        plan = {
+            "address": cluster.address or "a private local Ray on 127.0.0.1",
+            "trainer": "ray.train.torch.TorchTrainer",
+            "job": spec.job,
+            "run_uri": spec.run_uri,
+            "backend": "nccl" if cluster.use_gpu else "gloo",
+            "num_workers": cluster.num_workers,
+            "resources_per_worker": resources,
+            "placement_strategy": cluster.placement_strategy,
+            "max_failures": cluster.max_failures,
+            "runtime_env": {**env, "env_vars": env_vars},
+        }
         return "# cluster=ray: nothing is started\n" + json.dumps(plan, indent=2, default=str)
 
     def check_paths(self, cfg) -> None:
@@ -301,9 +335,11 @@ class RayBackend(Backend):
 
     def check(self, spec: JobSpec, cluster) -> None:
         if not cluster.wait:
-            raise ValueError(f"cluster.wait=false needs a Ray Jobs API address (cluster.address=http://HEAD:8265), "
-                             f"not {cluster.address or 'a private local Ray'!r}: with a Ray client or GCS address "
-                             f"launch.py drives the trainer itself and must wait for it")
+            raise ValueError(
+                f"cluster.wait=false needs a Ray Jobs API address (cluster.address=http://HEAD:8265), "
+                f"not {cluster.address or 'a private local Ray'!r}: with a Ray client or GCS address "
+                f"launch.py drives the trainer itself and must wait for it"
+            )
         if spec.make_callable is None:
             raise ValueError("the Ray backend needs the job callable (launch.py passes jobs.JOBS)")
 
@@ -315,8 +351,11 @@ class RayBackend(Backend):
         connect(cluster)
         try:
             where = cluster.address or f"a private local Ray ({ray.get_runtime_context().gcs_address})"
-            print(f"[ray] connected to {where} in {time.time() - t0:.1f}s; job {job_key}: {cluster.num_workers} "
-                  f"worker(s), max_failures={cluster.max_failures}", flush=True)
+            print(
+                f"[ray] connected to {where} in {time.time() - t0:.1f}s; job {job_key}: {cluster.num_workers} "
+                f"worker(s), max_failures={cluster.max_failures}",
+                flush=True,
+            )
             result, error = fit(trainer_for(spec, cluster, job_key), job_key, cluster.max_failures)
         finally:
             clear_stop(job_key)

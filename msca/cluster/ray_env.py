@@ -1,5 +1,6 @@
 """The runtime_env pieces both Ray modes share: the user's `cluster.runtime_env`, the variables forwarded from
 this shell, and the runtime_env of the Jobs API job this process may run in."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a Jobs API entrypoint: the job's runtime_env
 
 
-FORWARDED = ("MSCA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-             "AWS_SESSION_TOKEN", "MSCA_COLLECTIVE_TIMEOUT_S", "MSCA_LEASE_TTL_S")
+FORWARDED = (
+    "MSCA_S3_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "MSCA_COLLECTIVE_TIMEOUT_S",
+    "MSCA_LEASE_TTL_S",
+)
 
 
 def user_runtime_env(cluster) -> dict:

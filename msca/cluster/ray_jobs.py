@@ -9,6 +9,7 @@ from this machine, which may not even see the cluster's filesystem. A stop (`ray
 following) sends the head's launch.py SIGTERM, which asks the workers to commit a checkpoint first; the cluster
 must give it time (RAY_JOB_STOP_WAIT_TIME_S on the head: infra/ray/README.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,16 +54,27 @@ def check_paths(cfg: DictConfig) -> None:
 
     for key, value in local_paths(cfg):
         if not os.path.isabs(os.path.expanduser(value)):
-            raise ValueError(f"{key}={value!r} is relative, and this launch.py runs in Ray's temporary copy of the "
-                             f"code on the head node: set {key} to a path every node sees or s3://... (on the "
-                             f"command line, or MSCA_STORE_ROOT / MSCA_DATA_ROOT in the cluster's environment)")
+            raise ValueError(
+                f"{key}={value!r} is relative, and this launch.py runs in Ray's temporary copy of the "
+                f"code on the head node: set {key} to a path every node sees or s3://... (on the "
+                f"command line, or MSCA_STORE_ROOT / MSCA_DATA_ROOT in the cluster's environment)"
+            )
 
 
 def entrypoint(overrides: list[str], run_name: str) -> str:
     """The same overrides, with the backend, address, wait and run name pinned for the head."""
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (*PINNED, "cluster.dry_run")]
-    return shlex.join(["python", "launch.py", *keep, "cluster=ray", "cluster.address=auto", "cluster.wait=true",
-                       f"run.name={run_name}"])
+    return shlex.join(
+        [
+            "python",
+            "launch.py",
+            *keep,
+            "cluster=ray",
+            "cluster.address=auto",
+            "cluster.wait=true",
+            f"run.name={run_name}",
+        ]
+    )
 
 
 def submission_runtime_env(cluster) -> dict:
@@ -73,8 +85,10 @@ def submission_runtime_env(cluster) -> dict:
     env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
     from msca.runtime.host import git_sha  # launch.json on the head records where the run was launched from
 
-    env["env_vars"].update(MSCA_SUBMITTED_FROM=f"{getpass.getuser()}@{socket.gethostname()}",
-                           **({"MSCA_GIT_SHA": sha} if (sha := git_sha()) else {}))
+    env["env_vars"].update(
+        MSCA_SUBMITTED_FROM=f"{getpass.getuser()}@{socket.gethostname()}",
+        **({"MSCA_GIT_SHA": sha} if (sha := git_sha()) else {}),
+    )
     return env
 
 
@@ -95,17 +109,21 @@ def call(address: str, path: str, method: str = "GET", timeout_s: float = PROBE_
 
 def probe(address: str) -> None:
     """Fail in one line, within PROBE_TIMEOUT_S, when no Jobs API answers at the address."""
-    fix = ("start the head with the dashboard (ray start --head --dashboard-host=0.0.0.0; needs ray[default]) "
-           "or fix cluster.address")
+    fix = (
+        "start the head with the dashboard (ray start --head --dashboard-host=0.0.0.0; needs ray[default]) "
+        "or fix cluster.address"
+    )
     try:
         call(address, "/api/version")
     except urllib.error.HTTPError as err:
-        raise ConnectionError(f"cluster.address={address}: /api/version answered HTTP {err.code}; not a Ray Jobs "
-                              f"API? {fix}") from None
+        raise ConnectionError(
+            f"cluster.address={address}: /api/version answered HTTP {err.code}; not a Ray Jobs API? {fix}"
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise ConnectionError(f"cluster.address={address}: no Ray Jobs API answers there within "
-                              f"{PROBE_TIMEOUT_S:.0f}s ({reason}); {fix}") from None
+        raise ConnectionError(
+            f"cluster.address={address}: no Ray Jobs API answers there within {PROBE_TIMEOUT_S:.0f}s ({reason}); {fix}"
+        ) from None
 
 
 class LogTail:
@@ -136,7 +154,7 @@ class LogTail:
         with self.lock:
             self.closed = True
         try:
-            rest = call(address, f"/api/jobs/{self.job_id}/logs", timeout_s=60).get("logs", "")[self.printed:]
+            rest = call(address, f"/api/jobs/{self.job_id}/logs", timeout_s=60).get("logs", "")[self.printed :]
         except (OSError, ValueError) as err:
             rest = f"[ray] the end of the job's log could not be read ({err}): ray job logs {self.job_id}\n"
         sys.stdout.write(rest)
@@ -150,9 +168,11 @@ def job_info(address: str, job_id: str, answered_at: float) -> dict | None:
         return call(address, f"/api/jobs/{job_id}")
     except (OSError, ValueError) as err:  # the head is restarting or unreachable
         if time.time() - answered_at > LOST_CONTACT_S:
-            raise ConnectionError(f"cluster.address={address}: no answer about job {job_id} for {LOST_CONTACT_S:.0f}s "
-                                  f"({type(err).__name__}); it may still run: ray job status --address {address} "
-                                  f"{job_id}") from None
+            raise ConnectionError(
+                f"cluster.address={address}: no answer about job {job_id} for {LOST_CONTACT_S:.0f}s "
+                f"({type(err).__name__}); it may still run: ray job status --address {address} "
+                f"{job_id}"
+            ) from None
         return None
 
 
@@ -171,17 +191,26 @@ def follow(client, job_id: str, address: str, poll_s: float = 1.0) -> dict | Non
             time.sleep(poll_s)
         except KeyboardInterrupt:
             if stopping:
-                print(f"[ray] left running; stop it with: ray job stop --address {address} {job_id}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[ray] left running; stop it with: ray job stop --address {address} {job_id}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return None
             stopping = True
-            print(f"stopping job {job_id}: its workers save a checkpoint first (Ctrl-C again to leave it running)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"stopping job {job_id}: its workers save a checkpoint first (Ctrl-C again to leave it running)",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
                 call(address, f"/api/jobs/{job_id}/stop", method="POST")
             except (OSError, ValueError) as err:
-                print(f"[ray] the stop request failed ({err}); again: ray job stop --address {address} {job_id}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[ray] the stop request failed ({err}); again: ray job stop --address {address} {job_id}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     log.finish(address)
     return info
 
@@ -204,22 +233,35 @@ def submit_launch(cfg: DictConfig, overrides: list[str]) -> int:
     command = entrypoint(overrides, cfg.run.name)
     t0 = time.time()
     try:
-        job_id = client.submit_job(entrypoint=command, runtime_env=submission_runtime_env(cfg.cluster),
-                                   metadata={"msca_run": str(cfg.run.name)})
+        job_id = client.submit_job(
+            entrypoint=command,
+            runtime_env=submission_runtime_env(cfg.cluster),
+            metadata={"msca_run": str(cfg.run.name)},
+        )
     except RuntimeError as err:  # the server's answer (a bad runtime_env, a package too large): one line
-        raise ConnectionError(f"cluster.address={address}: the Ray Jobs API refused the job: "
-                              f"{str(err).splitlines()[0]}") from None
-    print(f"run {cfg.run.name}: submitted to {address} as job {job_id} in {time.time() - t0:.1f}s; its launch.py "
-          f"runs on the head node: {command}", flush=True)
+        raise ConnectionError(
+            f"cluster.address={address}: the Ray Jobs API refused the job: {str(err).splitlines()[0]}"
+        ) from None
+    print(
+        f"run {cfg.run.name}: submitted to {address} as job {job_id} in {time.time() - t0:.1f}s; its launch.py "
+        f"runs on the head node: {command}",
+        flush=True,
+    )
     if not cfg.cluster.wait:
-        print(f"follow it: ray job logs --address {address} --follow {job_id}\n"
-              f"stop it (with a checkpoint): ray job stop --address {address} {job_id}\n"
-              f"once it has ended, the same command (run.name={cfg.run.name}) resumes it", flush=True)
+        print(
+            f"follow it: ray job logs --address {address} --follow {job_id}\n"
+            f"stop it (with a checkpoint): ray job stop --address {address} {job_id}\n"
+            f"once it has ended, the same command (run.name={cfg.run.name}) resumes it",
+            flush=True,
+        )
         return 0
     info = follow(client, job_id, address)
     if info is None:
         return EXIT_STOPPED
     code = exit_code(info)
-    print(f"[ray] job {job_id} {info['status']}" + (f": {info.get('message')}" if code and info.get("message") else ""),
-          file=sys.stderr if code else sys.stdout, flush=True)
+    print(
+        f"[ray] job {job_id} {info['status']}" + (f": {info.get('message')}" if code and info.get("message") else ""),
+        file=sys.stderr if code else sys.stdout,
+        flush=True,
+    )
     return code

@@ -1,6 +1,7 @@
 """The `cluster` section's schema, one per backend: a key of another backend is an error at compose time that
 names the backend which has it (`cluster=local cluster.num_workers=3` must not run one rank silently). Each
 field's bounds or choices sit next to it (`msca.rules`); `configs/cluster/<backend>.yaml` fills them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,7 @@ class ClusterBase:
 @dataclass
 class LocalCluster(ClusterBase):
     """N rank processes on this machine."""
+
     backend: str = "local"
     procs_per_node: int = ruled(0, at_least(0))  # ranks; 0 = one per GPU, or 1 on a CPU-only machine
     master_port: int = ruled(0, within(0, 65535))  # 0 = pick a free port
@@ -27,6 +29,7 @@ class LocalCluster(ClusterBase):
 @dataclass
 class SlurmCluster(ClusterBase):
     """submitit -> sbatch/srun; keys read like sbatch's own options."""
+
     backend: str = "slurm"
     nodes: int = ruled(1, at_least(1))
     tasks_per_node: int = ruled(1, at_least(1))  # one rank per task: one per GPU
@@ -50,6 +53,7 @@ class SlurmCluster(ClusterBase):
 @dataclass
 class RayCluster(ClusterBase):
     """Ray Train's TorchTrainer on a private local Ray or an existing cluster."""
+
     backend: str = "ray"
     address: str = ""  # "": a private local Ray; "auto" / "host:6379" / "ray://host:10001": join a cluster;
     # "http://head:8265": submit launch.py to the cluster's Ray Jobs API (msca.cluster.ray_jobs)
@@ -81,8 +85,10 @@ def foreign_key_error(backend: str, key: str) -> str | None:
     owners = owner_of(key)
     if backend not in SCHEMAS or key in keys(backend) or not owners:
         return None
-    return (f"cluster.{key} is a {' and '.join(f'cluster={o}' for o in owners)} option; cluster={backend} has no "
-            f"such key (its keys: {', '.join(sorted(keys(backend) - {'backend'}))})")
+    return (
+        f"cluster.{key} is a {' and '.join(f'cluster={o}' for o in owners)} option; cluster={backend} has no "
+        f"such key (its keys: {', '.join(sorted(keys(backend) - {'backend'}))})"
+    )
 
 
 def check_values(cluster) -> None:

@@ -6,6 +6,7 @@ requeues the job (if it is still RUNNING) and every rank exits; the requeued job
 any other start. The only importer of
 submitit besides tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ from msca.runtime.host import REPO, squeue
 
 # Nothing heavy at import time (no torch, no boto3): submitit unpickles SlurmJob before it installs its USR2
 # handler, and until then a USR2 kills the task (default action). Keep that window short.
-
 
 
 class SlurmJob:
@@ -61,7 +61,8 @@ class SlurmJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(
-            SlurmJob(self.make_callable, self.run_uri, self.endpoint_url, self.max_requeues))
+            SlurmJob(self.make_callable, self.run_uri, self.endpoint_url, self.max_requeues)
+        )
 
 
 def requeue_after_stop(stop, max_requeues: int) -> None:
@@ -89,11 +90,15 @@ def requeue_after_stop(stop, max_requeues: int) -> None:
         else:
             r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
             if r.returncode:
-                log.warning("not requeued (%s): %s", signal.Signals(stop.signum).name,
-                            (r.stderr or r.stdout).strip())
+                log.warning("not requeued (%s): %s", signal.Signals(stop.signum).name, (r.stderr or r.stdout).strip())
             else:
-                log.warning("requeued job %s (restart %d of at most %d) after the checkpoint at step %d",
-                            job_id, restarts + 1, max_requeues, stop.step)
+                log.warning(
+                    "requeued job %s (restart %d of at most %d) after the checkpoint at step %d",
+                    job_id,
+                    restarts + 1,
+                    max_requeues,
+                    stop.step,
+                )
     dist.barrier()
 
 
@@ -109,8 +114,10 @@ def submitit_folder(spec: JobSpec, cluster) -> Path:
     if cluster.folder:
         return Path(os.path.expanduser(cluster.folder)).absolute() / spec.run_uri.rstrip("/").rsplit("/", 1)[-1]
     if is_remote(spec.run_uri):
-        raise ValueError("cluster.folder must be set when the run home is remote (store.root=s3://...): "
-                         "submitit's folder must be on a filesystem every node sees")
+        raise ValueError(
+            "cluster.folder must be set when the run home is remote (store.root=s3://...): "
+            "submitit's folder must be on a filesystem every node sees"
+        )
     return Path(spec.run_uri) / "slurm"
 
 
@@ -122,17 +129,28 @@ def check_writable(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"cluster.folder: cannot write {folder} ({err.strerror}); it must be writable and on a "
-                         "filesystem every node sees") from None
+        raise ValueError(
+            f"cluster.folder: cannot write {folder} ({err.strerror}); it must be writable and on a "
+            "filesystem every node sees"
+        ) from None
 
 
 def sbatch_parameters(cluster, job_name: str, folder: Path) -> dict:
-    params = dict(job_name=job_name, nodes=cluster.nodes, ntasks_per_node=cluster.tasks_per_node,
-                  cpus_per_task=cluster.cpus_per_task, time=cluster.time_min, signal_delay_s=cluster.signal_delay_s,
-                  srun_args=["--kill-on-bad-exit=1"],  # a rank that dies takes the others down at once
-                  setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
-                         f"export MSCA_ERROR_DIR={folder}/errors-$SLURM_JOB_ID", *cluster.setup],
-                  stderr_to_stdout=True)
+    params = dict(
+        job_name=job_name,
+        nodes=cluster.nodes,
+        ntasks_per_node=cluster.tasks_per_node,
+        cpus_per_task=cluster.cpus_per_task,
+        time=cluster.time_min,
+        signal_delay_s=cluster.signal_delay_s,
+        srun_args=["--kill-on-bad-exit=1"],  # a rank that dies takes the others down at once
+        setup=[
+            f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
+            f"export MSCA_ERROR_DIR={folder}/errors-$SLURM_JOB_ID",
+            *cluster.setup,
+        ],
+        stderr_to_stdout=True,
+    )
     if cluster.gpus_per_node:
         params["gpus_per_node"] = cluster.gpus_per_node
     if cluster.mem_gb:
@@ -168,8 +186,9 @@ class SlurmBackend(Backend):
         """Before the run home is written: sbatch --test-only accepts the script (partition, account,
         resources) and the folder is writable, so a bad request leaves no half-written run home."""
         try:
-            r = subprocess.run(["sbatch", "--test-only"], input=self.dry_run(spec, cluster),
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                ["sbatch", "--test-only"], input=self.dry_run(spec, cluster), capture_output=True, text=True, timeout=60
+            )
         except FileNotFoundError:
             raise ValueError("cluster=slurm: no `sbatch` on PATH (run launch.py on a SLURM login node)") from None
         if r.returncode:
@@ -182,11 +201,15 @@ class SlurmBackend(Backend):
         ex = executor(folder, cluster, job_name(spec))
         job = ex.submit(SlurmJob(spec.make_callable, spec.run_uri, spec.endpoint_url, cluster.max_requeues))
         logs = folder / f"{job.job_id}_<task>_log.out"
-        desc = (f"job {job.job_id} ({cluster.nodes} node(s) x {cluster.tasks_per_node} task(s)); "
-                f"rank logs {logs} (task 0 = rank 0)")
-        follow = (f"follow it: squeue -j {job.job_id}; tail -f {folder}/{job.job_id}_0_log.out\n"
-                  f"stop it with a checkpoint (then it requeues): scancel --signal=USR2 {job.job_id}; "
-                  f"cancel: scancel {job.job_id}")
+        desc = (
+            f"job {job.job_id} ({cluster.nodes} node(s) x {cluster.tasks_per_node} task(s)); "
+            f"rank logs {logs} (task 0 = rank 0)"
+        )
+        follow = (
+            f"follow it: squeue -j {job.job_id}; tail -f {folder}/{job.job_id}_0_log.out\n"
+            f"stop it with a checkpoint (then it requeues): scancel --signal=USR2 {job.job_id}; "
+            f"cancel: scancel {job.job_id}"
+        )
         if not cluster.wait:
             return Handle(self.name, desc, follow=follow)
         from msca.runtime.errors import EXIT_STOPPED
@@ -228,8 +251,9 @@ def wait_for(job, folder: Path, poll_s: float = 2.0) -> int:
 
 
 def exit_code(job_id: str) -> int:
-    r = subprocess.run(["sacct", "-n", "-X", "-j", job_id, "-o", "ExitCode"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["sacct", "-n", "-X", "-j", job_id, "-o", "ExitCode"], capture_output=True, text=True, timeout=60
+    )
     try:
         return int(r.stdout.split()[0].split(":")[0])
     except (IndexError, ValueError):

@@ -8,6 +8,7 @@
 Modules: `lists` (list files), `sampling` (clip indices), `decode` (JPEG), `transforms` (clip-consistent
 augmentation), `dataset`, `sampler`, `loader`, `synthetic` (the embedded default dataset), `config`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,20 @@ from msca.storage import Store, is_remote, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataConfig", "SyntheticConfig", "VideoClipDataset", "ResumableDistributedSampler", "build_dataset",
-           "build_loader", "collate_clips", "BadDataError", "ListFormatError", "VideoRecord", "open_list",
-           "check_data"]
+__all__ = [
+    "DataConfig",
+    "SyntheticConfig",
+    "VideoClipDataset",
+    "ResumableDistributedSampler",
+    "build_dataset",
+    "build_loader",
+    "collate_clips",
+    "BadDataError",
+    "ListFormatError",
+    "VideoRecord",
+    "open_list",
+    "check_data",
+]
 
 
 def _resolve(root: Store, path: str, endpoint_url=None) -> Tuple[Store, str]:
@@ -75,15 +87,19 @@ def check_data(cfg: DataConfig, splits: Sequence[str]) -> None:
     and has labels in range; the first frame of its first video decodes. A synthetic set that is not there yet
     is skipped (the job generates it); one generated with other settings is refused."""
     if not is_remote(cfg.root) and not os.path.isdir(cfg.root) and cfg.synthetic is None:
-        raise FileNotFoundError(f"data.root={cfg.root} does not exist on this machine (set data.root, or the "
-                                f"variable its config reads, to the dataset's folder or s3:// URI)")
+        raise FileNotFoundError(
+            f"data.root={cfg.root} does not exist on this machine (set data.root, or the "
+            f"variable its config reads, to the dataset's folder or s3:// URI)"
+        )
     if cfg.synthetic is not None:
         from msca.data.synthetic import TRAIN_LIST, VAL_LIST, check_generated_with
+
         store = open_store(cfg.root, endpoint_url=cfg.endpoint_url)
         if not (store.exists(TRAIN_LIST) and store.exists(VAL_LIST)):
             return
-        check_generated_with(store, SyntheticConfig(**{f.name: getattr(cfg.synthetic, f.name)
-                                                       for f in fields(SyntheticConfig)}))
+        check_generated_with(
+            store, SyntheticConfig(**{f.name: getattr(cfg.synthetic, f.name) for f in fields(SyntheticConfig)})
+        )
     for split in dict.fromkeys(splits):
         store, vl, _ = open_list(cfg, split)
         if not vl.records:
@@ -98,8 +114,10 @@ def check_first_frame(store: Store, vl, cfg: DataConfig) -> None:
     try:
         data = store.read_bytes(key)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{vl.where(0)}: the video's first frame {store.url(key)} does not exist (check "
-                                f"data.root={cfg.root} and data.frame_format={cfg.frame_format!r})") from None
+        raise FileNotFoundError(
+            f"{vl.where(0)}: the video's first frame {store.url(key)} does not exist (check "
+            f"data.root={cfg.root} and data.frame_format={cfg.frame_format!r})"
+        ) from None
     try:
         decode_rgb(data)
     except DecodeError as err:
@@ -114,6 +132,7 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if cfg.synthetic is not None:
         from msca.data.synthetic import ensure_synthetic
+
         syn = SyntheticConfig(**{f.name: getattr(cfg.synthetic, f.name) for f in fields(SyntheticConfig)})
         ensure_synthetic(open_store(cfg.root, endpoint_url=cfg.endpoint_url), syn, cfg.frame_format)
     store, vl, names = open_list(cfg, split)
@@ -122,10 +141,26 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
     num_classes = len(names) if names else None
     train = split == "train"
     return VideoClipDataset(
-        store, vl.records, train=train, frame_format=cfg.frame_format, num_frames=cfg.num_frames,
-        stride=cfg.stride, sampling=cfg.sampling, crop_size=cfg.crop_size,
-        train_short_side=tuple(cfg.train_short_side), test_short_side=cfg.test_short_side,
-        clips=cfg.test_clips if split == "test" else cfg.val_clips, crops=cfg.test_crops, flip=cfg.flip,
-        color_jitter_prob=cfg.color_jitter_prob, mean=cfg.mean, std=cfg.std, seed=seed,
-        max_bad_fraction=cfg.max_bad_fraction, io_workers=cfg.io_workers, class_names=names,
-        num_classes=num_classes, name=f"{cfg.name}/{split}")
+        store,
+        vl.records,
+        train=train,
+        frame_format=cfg.frame_format,
+        num_frames=cfg.num_frames,
+        stride=cfg.stride,
+        sampling=cfg.sampling,
+        crop_size=cfg.crop_size,
+        train_short_side=tuple(cfg.train_short_side),
+        test_short_side=cfg.test_short_side,
+        clips=cfg.test_clips if split == "test" else cfg.val_clips,
+        crops=cfg.test_crops,
+        flip=cfg.flip,
+        color_jitter_prob=cfg.color_jitter_prob,
+        mean=cfg.mean,
+        std=cfg.std,
+        seed=seed,
+        max_bad_fraction=cfg.max_bad_fraction,
+        io_workers=cfg.io_workers,
+        class_names=names,
+        num_classes=num_classes,
+        name=f"{cfg.name}/{split}",
+    )

@@ -23,6 +23,7 @@ once (`Store.iter_many`, `io_workers` threads), decoded as it arrives, and each 
 its frames are in, so storage latency overlaps decoding. `prefetch(items)` starts the next batch's reads early
 (`build_loader` does this when loading in the main process). None of this changes a single output value.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,13 +49,32 @@ class VideoClipDataset(Dataset):
     """Train: one random clip per item, (T, 3, crop, crop). Eval: `clips` x `crops` views,
     (V, T, 3, crop, crop) with view v = clip k * crops + crop j."""
 
-    def __init__(self, store: Store, records: Sequence[VideoRecord], *, train: bool,
-                 frame_format: str = "img_{:05d}.jpg", num_frames: int = 8, stride: int = 32,
-                 sampling: str = "dense", crop_size: int = 224, train_short_side: Sequence[int] = (224, 330),
-                 test_short_side: int = 224, clips: int = 1, crops: int = 3, flip: bool = True,
-                 color_jitter_prob: float = 0.1, mean: float = 0.5, std: float = 0.5, seed: int = 0,
-                 max_bad_fraction: float = 0.01, io_workers: int = 8,
-                 class_names: Optional[List[str]] = None, num_classes: Optional[int] = None, name: str = ""):
+    def __init__(
+        self,
+        store: Store,
+        records: Sequence[VideoRecord],
+        *,
+        train: bool,
+        frame_format: str = "img_{:05d}.jpg",
+        num_frames: int = 8,
+        stride: int = 32,
+        sampling: str = "dense",
+        crop_size: int = 224,
+        train_short_side: Sequence[int] = (224, 330),
+        test_short_side: int = 224,
+        clips: int = 1,
+        crops: int = 3,
+        flip: bool = True,
+        color_jitter_prob: float = 0.1,
+        mean: float = 0.5,
+        std: float = 0.5,
+        seed: int = 0,
+        max_bad_fraction: float = 0.01,
+        io_workers: int = 8,
+        class_names: Optional[List[str]] = None,
+        num_classes: Optional[int] = None,
+        name: str = "",
+    ):
         if sampling not in ("dense", "uniform"):
             raise ValueError(f"sampling must be 'dense' or 'uniform', got {sampling!r}")
         if train and train_short_side[0] < crop_size:
@@ -70,20 +90,23 @@ class VideoClipDataset(Dataset):
         self.mean, self.std, self.seed = mean, std, seed
         self.max_bad_fraction, self.io_workers = max_bad_fraction, io_workers
         self.class_names = class_names
-        self.num_classes = num_classes if num_classes is not None else (
-            len(class_names) if class_names else max((r.label for r in self.records), default=-1) + 1)
+        self.num_classes = (
+            num_classes
+            if num_classes is not None
+            else (len(class_names) if class_names else max((r.label for r in self.records), default=-1) + 1)
+        )
         self.name = name
         self.epoch = 0
         # per-process bad-input bookkeeping
         self._bad_frames = 0
-        self._bad_files: Dict[str, str] = {}        # url -> reason (first few hundred)
-        self._videos_bad: set = set()               # list indices with >= 1 replaced frame
-        self._unreadable: Dict[int, str] = {}       # list index -> video url
-        self._ahead: dict = {}                      # frame key -> future of its bytes (read-ahead)
+        self._bad_files: Dict[str, str] = {}  # url -> reason (first few hundred)
+        self._videos_bad: set = set()  # list indices with >= 1 replaced frame
+        self._unreadable: Dict[int, str] = {}  # list index -> video url
+        self._ahead: dict = {}  # frame key -> future of its bytes (read-ahead)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_ahead"] = {}                        # futures belong to this process's threads
+        state["_ahead"] = {}  # futures belong to this process's threads
         return state
 
     # --- Dataset API ----------------------------------------------------------------------------------------
@@ -100,43 +123,52 @@ class VideoClipDataset(Dataset):
     def __getitems__(self, items: Sequence) -> List[dict]:
         """A batch of samples (the DataLoader calls this when defined). The frames of every clip in the batch
         are fetched concurrently and each is decoded as it arrives, so storage latency hides behind decoding."""
-        keys = [(int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))
-                for it in items]
+        keys = [(int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it)) for it in items]
         n = len(self.records)
         for _, index in keys:
             if not 0 <= index < n:
                 raise IndexError(f"index {index} out of range for {n} videos")
-        plans = [self._plan(index, epoch, index) if index not in self._unreadable else None
-                 for epoch, index in keys]
+        plans = [self._plan(index, epoch, index) if index not in self._unreadable else None for epoch, index in keys]
         flat = [(b, i) for b, pl in enumerate(plans) if pl for i in pl[0]]
         decoded = [dict() for _ in plans]
         results: list = [None] * len(keys)
         pending = [len(pl[0]) if pl else 0 for pl in plans]
 
-        def arrived(b):             # a clip whose frames are all in is transformed while the rest download
+        def arrived(b):  # a clip whose frames are all in is transformed while the rest download
             pending[b] -= 1
             if pending[b] == 0 and all(v is not None for v in decoded[b].values()):
                 results[b] = self._finish(keys[b][1], plans[b], decoded[b])
 
         if flat:
-            self._fetch_into([(self.records[keys[b][1]], i) for b, i in flat], [(decoded[b], i) for b, i in flat],
-                             [plans[b][1] for b, _ in flat], on_frame=[lambda b=b: arrived(b) for b, _ in flat])
+            self._fetch_into(
+                [(self.records[keys[b][1]], i) for b, i in flat],
+                [(decoded[b], i) for b, i in flat],
+                [plans[b][1] for b, _ in flat],
+                on_frame=[lambda b=b: arrived(b) for b, _ in flat],
+            )
         out = []
         for b, (epoch, index) in enumerate(keys):
             res = results[b]
             if res is None and plans[b]:
-                res = self._finish(index, plans[b], decoded[b])     # bad frames: replaced here
+                res = self._finish(index, plans[b], decoded[b])  # bad frames: replaced here
             if res is None:
                 res = self._substitute(epoch, index)
             video, bad, j = res
-            out.append({"video": video, "label": self.records[j].label, "index": index, "bad_frames": bad,
-                        "skipped": int(j != index)})
+            out.append(
+                {
+                    "video": video,
+                    "label": self.records[j].label,
+                    "index": index,
+                    "bad_frames": bad,
+                    "skipped": int(j != index),
+                }
+            )
         return out
 
     def prefetch(self, items: Sequence) -> None:
         """Start downloading the frames of `items` (e.g. the next batch) so they arrive while the current
         batch decodes. Only bytes are read ahead; results are identical with or without it."""
-        if len(self._ahead) > 1024:                 # unconsumed read-ahead (a loop left early): drop it
+        if len(self._ahead) > 1024:  # unconsumed read-ahead (a loop left early): drop it
             self._ahead.clear()
         for it in items:
             epoch, index = (int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))
@@ -149,8 +181,12 @@ class VideoClipDataset(Dataset):
     @property
     def stats(self) -> dict:
         """This process's counts of replaced frames and skipped videos, with the first offending files."""
-        return {"bad_frames": self._bad_frames, "videos_with_bad_frames": len(self._videos_bad),
-                "videos_skipped": len(self._unreadable), "bad_files": list(self._bad_files)[:20]}
+        return {
+            "bad_frames": self._bad_frames,
+            "videos_with_bad_frames": len(self._videos_bad),
+            "videos_skipped": len(self._unreadable),
+            "bad_files": list(self._bad_files)[:20],
+        }
 
     # --- loading: plan (which frames, which parameters) -> fetch + decode -> finish (transform) ---------------
     def _plan(self, j: int, epoch: int, index: int):
@@ -162,15 +198,28 @@ class VideoClipDataset(Dataset):
         if self.train:
             rng_s = sample_rng(self.seed, epoch, index, SAMPLING_STREAM)
             rng_a = sample_rng(self.seed, epoch, index, AUGMENT_STREAM)
-            idx = train_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, rng_s)    # (T,)
+            idx = train_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, rng_s)  # (T,)
             p = draw_train_params(rng_a, self.train_short_side, self.flip, self.color_jitter_prob)
-            return (sorted(set(int(i) for i in idx)), p.short_side,
-                    lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std))
-        clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)   # (n, T)
+            return (
+                sorted(set(int(i) for i in idx)),
+                p.short_side,
+                lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std),
+            )
+        clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)  # (n, T)
         uniq, inv = np.unique(clips, return_inverse=True)
-        return ([int(u) for u in uniq], self.test_short_side,
-                lambda fr: eval_views([fr[int(u)] for u in uniq], inv.reshape(clips.shape), self.test_short_side,
-                                      self.crop_size, self.crops, self.mean, self.std))     # (V, T, 3, c, c)
+        return (
+            [int(u) for u in uniq],
+            self.test_short_side,
+            lambda fr: eval_views(
+                [fr[int(u)] for u in uniq],
+                inv.reshape(clips.shape),
+                self.test_short_side,
+                self.crop_size,
+                self.crops,
+                self.mean,
+                self.std,
+            ),
+        )  # (V, T, 3, c, c)
 
     def _finish(self, j: int, plan, decoded: dict):
         """(video, frames replaced, j), or None when no frame of video j is readable."""
@@ -178,7 +227,7 @@ class VideoClipDataset(Dataset):
         bad = [i for i in need if decoded.get(i) is None]
         if bad:
             rec = self.records[j]
-            repl = {i: self._nearest(rec, i, decoded, min_short) for i in bad}   # from readable frames only
+            repl = {i: self._nearest(rec, i, decoded, min_short) for i in bad}  # from readable frames only
             if any(r is None for r in repl.values()):
                 return None
             decoded.update(repl)
@@ -202,8 +251,10 @@ class VideoClipDataset(Dataset):
                 if res is not None:
                     return res
             self._mark_unreadable(j)
-        raise BadDataError(f"{self.name or 'dataset'}: no readable video among {n} (e.g. "
-                           f"{', '.join(list(self._unreadable.values())[:5])})")
+        raise BadDataError(
+            f"{self.name or 'dataset'}: no readable video among {n} (e.g. "
+            f"{', '.join(list(self._unreadable.values())[:5])})"
+        )
 
     def frame_key(self, rec: VideoRecord, i: int) -> str:
         return f"{rec.path}/{self.frame_format.format(i)}"
@@ -237,11 +288,11 @@ class VideoClipDataset(Dataset):
         order = []
         for d in range(1, rec.num_frames):
             order += [c for c in (i - d, i + d) if 1 <= c <= rec.num_frames]
-        probed = dict(decoded)                      # extra probes stay local to this search
+        probed = dict(decoded)  # extra probes stay local to this search
         for pos, c in enumerate(order):
             if c not in probed:
-                batch = [x for x in order[pos:pos + 4 * max(self.io_workers, 1)] if x not in probed]
-                self._fetch(rec, batch[:max(self.io_workers, 1)], probed, min_short)
+                batch = [x for x in order[pos : pos + 4 * max(self.io_workers, 1)] if x not in probed]
+                self._fetch(rec, batch[: max(self.io_workers, 1)], probed, min_short)
             if probed[c] is not None:
                 return probed[c]
         return None
@@ -257,8 +308,12 @@ class VideoClipDataset(Dataset):
     def _mark_unreadable(self, j: int) -> None:
         url = self.store.url(self.records[j].path)
         self._unreadable[j] = url
-        log.warning("%s: no readable frame in %s (%d listed); substituting the next video",
-                    self.name or "data", url, self.records[j].num_frames)
+        log.warning(
+            "%s: no readable frame in %s (%d listed); substituting the next video",
+            self.name or "data",
+            url,
+            self.records[j].num_frames,
+        )
         self._check_fraction()
 
     def _check_fraction(self) -> None:
@@ -268,4 +323,5 @@ class VideoClipDataset(Dataset):
             files += [f"{u} (no readable frame)" for u in list(self._unreadable.values())[:10]]
             raise BadDataError(
                 f"{self.name or 'dataset'}: {affected} of {len(self.records)} videos have missing/corrupt frames "
-                f"(more than max_bad_fraction={self.max_bad_fraction}); first files:\n  " + "\n  ".join(files))
+                f"(more than max_bad_fraction={self.max_bad_fraction}); first files:\n  " + "\n  ".join(files)
+            )

@@ -10,6 +10,7 @@ data raises `DecodeError` instead of returning a grey-filled frame.
 stays >= `min_short`: the cheapest way to shrink big frames. Only power-of-two factors are used because
 libjpeg-turbo's other n/8 scales decode slower than full size (measured, infra.md §6).
 """
+
 from __future__ import annotations
 
 import io
@@ -52,13 +53,16 @@ def _make_simplejpeg() -> Callable:
             d = _scale_factor(h, w, min_short)
         if d == 1:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=_ceil_div(h, d),
-                                      min_width=_ceil_div(w, d))
+        return simplejpeg.decode_jpeg(
+            data, colorspace="RGB", strict=True, min_height=_ceil_div(h, d), min_width=_ceil_div(w, d)
+        )
+
     return decode
 
 
 def _make_turbojpeg() -> Callable:
     import turbojpeg
+
     tj = turbojpeg.TurboJPEG()
     rgb = turbojpeg.TJPF_RGB
 
@@ -71,6 +75,7 @@ def _make_turbojpeg() -> Callable:
         if d == 1:
             return tj.decode(data, pixel_format=rgb, flags=flags)
         return tj.decode(data, pixel_format=rgb, scaling_factor=(1, d), flags=flags)
+
     return decode
 
 
@@ -83,6 +88,7 @@ def _make_pil() -> Callable:
             if d > 1:
                 im.draft("RGB", (_ceil_div(w, d), _ceil_div(h, d)))
         return np.asarray(im.convert("RGB"))
+
     return decode
 
 
@@ -92,7 +98,7 @@ _chain: Optional[List[Tuple[str, Callable]]] = None
 
 def _probe_jpeg() -> Tuple[bytes, np.ndarray]:
     yy, xx = np.mgrid[0:16, 0:24]
-    arr = np.stack([yy * 15, xx * 10, 255 - yy * 8 - xx * 4], -1).astype(np.uint8)   # smooth: JPEG-exact-ish
+    arr = np.stack([yy * 15, xx * 10, 255 - yy * 8 - xx * 4], -1).astype(np.uint8)  # smooth: JPEG-exact-ish
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=95)
     return buf.getvalue(), arr

@@ -4,6 +4,7 @@ The delimiter is detected per file from its first data line (a comma means the M
 from the right, so paths may contain spaces (Kinetics class folders do: "air drumming"). Labels may be 0-based
 class indices or class names; names are mapped to indices in sorted order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,15 +22,15 @@ class ListFormatError(ValueError):
 
 @dataclass(frozen=True)
 class VideoRecord:
-    path: str          # frame folder, relative to the frame repo (root)
-    num_frames: int    # F; frames are 1..F
+    path: str  # frame folder, relative to the frame repo (root)
+    num_frames: int  # F; frames are 1..F
     label: int
 
 
 @dataclass
 class VideoList:
     records: List[VideoRecord]
-    class_names: Optional[List[str]]   # index -> name, when known
+    class_names: Optional[List[str]]  # index -> name, when known
     source: str
     lines: Optional[List[int]] = None  # 1-based line of each record in the file, so errors can say file:line
 
@@ -40,7 +41,7 @@ class VideoList:
 
 def parse_list(text: str, source: str = "<list>", use_subset: bool = False) -> VideoList:
     """Parse a list file's text. `use_subset` keeps every 10th video (line index % 10 == 0), as the original."""
-    rows = []   # (lineno, path, frames, label_str)
+    rows = []  # (lineno, path, frames, label_str)
     comma = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -55,8 +56,9 @@ def parse_list(text: str, source: str = "<list>", use_subset: bool = False) -> V
         try:
             frames = int(parts[1])
         except ValueError:
-            raise ListFormatError(f"{source}:{lineno}: frame count {parts[1]!r} is not an integer "
-                                  f"(expected '{fmt}')") from None
+            raise ListFormatError(
+                f"{source}:{lineno}: frame count {parts[1]!r} is not an integer (expected '{fmt}')"
+            ) from None
         if frames < 0:
             raise ListFormatError(f"{source}:{lineno}: negative frame count {frames}")
         rows.append((lineno, parts[0].strip("/"), frames, parts[2]))
@@ -87,8 +89,10 @@ def check_labels(vl: VideoList, num_classes: int, classes_from: str) -> None:
     classes.txt that does not match it)."""
     for i, r in enumerate(vl.records):
         if not 0 <= r.label < num_classes:
-            raise ListFormatError(f"{vl.where(i)}: label {r.label} but only {num_classes} classes "
-                                  f"(from {classes_from}); fix the line or the class list")
+            raise ListFormatError(
+                f"{vl.where(i)}: label {r.label} but only {num_classes} classes "
+                f"(from {classes_from}); fix the line or the class list"
+            )
 
 
 def class_names_from_folders(records: Sequence[VideoRecord]) -> Optional[List[str]]:
@@ -139,8 +143,9 @@ def frame_name_format(fmt: str) -> str:
     try:
         out.format(1)
     except (IndexError, KeyError, ValueError) as err:
-        raise ValueError(f"data.frame_format={fmt!r} is not a frame-name pattern like 'img_{{:05d}}.jpg' or "
-                         f"'img_%05d.jpg' ({err})") from None
+        raise ValueError(
+            f"data.frame_format={fmt!r} is not a frame-name pattern like 'img_{{:05d}}.jpg' or 'img_%05d.jpg' ({err})"
+        ) from None
     if out.format(1) == out.format(2):
         raise ValueError(f"data.frame_format={fmt!r} has no frame-number field ({{:05d}} or %05d)")
     return out

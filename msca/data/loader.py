@@ -3,6 +3,7 @@
 Workers are persistent (no re-fork each epoch; the sampler carries the epoch in every item) and use one torch
 thread each, so N workers use N cores instead of N x cores.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -13,11 +14,13 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 def collate_clips(samples: List[dict]) -> dict:
     """video stacked (B, ...) float32; label, index, bad_frames, skipped as (B,) LongTensors."""
-    return {"video": torch.stack([s["video"] for s in samples]),
-            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-            "bad_frames": torch.tensor([s.get("bad_frames", 0) for s in samples], dtype=torch.long),
-            "skipped": torch.tensor([s.get("skipped", 0) for s in samples], dtype=torch.long)}
+    return {
+        "video": torch.stack([s["video"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "bad_frames": torch.tensor([s.get("bad_frames", 0) for s in samples], dtype=torch.long),
+        "skipped": torch.tensor([s.get("skipped", 0) for s in samples], dtype=torch.long),
+    }
 
 
 def worker_init(_worker_id: int) -> None:
@@ -56,8 +59,15 @@ class ReadAheadBatchSampler(Sampler):
         return len(self.batches)
 
 
-def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int, drop_last: bool = False,
-                 pin_memory: bool = False, read_ahead: int = 1) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+    read_ahead: int = 1,
+) -> DataLoader:
     """Batches of `collate_clips` over `sampler` (e.g. `ResumableDistributedSampler`).
 
     The loader gets a private generator: every new iterator draws a worker base seed, and from the global
@@ -65,13 +75,30 @@ def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_worker
     than in an uninterrupted one. Our samples never use that seed (their randomness is (seed, epoch, index))."""
     generator = torch.Generator().manual_seed(0)
     if num_workers > 0:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                          collate_fn=collate_clips, pin_memory=pin_memory, drop_last=drop_last,
-                          persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2,
-                          generator=generator)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_clips,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            persistent_workers=True,
+            worker_init_fn=worker_init,
+            prefetch_factor=2,
+            generator=generator,
+        )
     if hasattr(dataset, "prefetch"):
         batches = ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, pin_memory=pin_memory,
-                          generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips,
-                      pin_memory=pin_memory, drop_last=drop_last, generator=generator)
+        return DataLoader(
+            dataset, batch_sampler=batches, collate_fn=collate_clips, pin_memory=pin_memory, generator=generator
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_clips,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+    )

@@ -4,6 +4,7 @@
 It yields `(epoch, index)` tuples; the dataset seeds each sample's randomness from them, which is what makes
 the clips and augmentations themselves replayable.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,15 @@ class ResumableDistributedSampler(Sampler):
     (not drop_last) to the same length on every rank; `set_epoch(epoch, start)` skips the first `start` of this
     rank's samples, i.e. resumes mid-epoch."""
 
-    def __init__(self, dataset_len: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True):
+    def __init__(
+        self,
+        dataset_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.n, self.rank, self.world_size = int(dataset_len), rank, world_size
@@ -44,12 +52,12 @@ class ResumableDistributedSampler(Sampler):
         order = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else np.arange(self.n)
         total = self.num_samples * self.world_size
         if total > self.n and self.n > 0:
-            order = np.resize(order, total)           # pad by wrapping around (repeats as needed)
-        return order[:total][self.rank::self.world_size]
+            order = np.resize(order, total)  # pad by wrapping around (repeats as needed)
+        return order[:total][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         epoch = self.epoch
-        for i in self.rank_indices(epoch)[self.start:]:
+        for i in self.rank_indices(epoch)[self.start :]:
             yield epoch, int(i)
 
     def __len__(self) -> int:

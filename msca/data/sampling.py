@@ -7,6 +7,7 @@ and videos shorter than T*stride wrap around (mod F). Frame indices are 1-based,
 Randomness never comes from global state: `sample_rng(seed, epoch, index, stream)` is a pure function of its
 arguments, so a resumed run (or a different worker count) replays exactly the same clips.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,9 @@ def dense_test_starts(num_video_frames: int, t: int, stride: int, n: int) -> lis
 
 def dense_test_indices(num_video_frames: int, t: int, stride: int, n: int) -> np.ndarray:
     """(n, t) 1-based indices of the n test clips."""
-    return np.stack([dense_indices(num_video_frames, t, stride, s)
-                     for s in dense_test_starts(num_video_frames, t, stride, n)])
+    return np.stack(
+        [dense_indices(num_video_frames, t, stride, s) for s in dense_test_starts(num_video_frames, t, stride, n)]
+    )
 
 
 def _segments(num_video_frames: int, t: int):
@@ -91,4 +93,3 @@ def eval_indices(sampling: str, num_video_frames: int, t: int, stride: int, n: i
     if sampling == "uniform":
         return uniform_test_indices(num_video_frames, t, n)
     raise ValueError(f"sampling must be 'dense' or 'uniform', got {sampling!r}")
-

@@ -28,6 +28,7 @@ Layout (the same as Kinetics frame folders + TokShift/MSCA list files, MSCA comm
     trainValTest/train.txt, val.txt ("path,frame_count,label"), trainValTest/classes.txt, synthetic.json
 The list files are written last: their presence marks a complete dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,26 +60,27 @@ def class_velocity(c: int, speed: float) -> float:
 
 
 def class_names(n: int, speed: float = 1.0) -> List[str]:
-    return [f"{'down' if class_velocity(c, speed) > 0 else 'up'}_{abs(class_velocity(c, speed)):g}px"
-            for c in range(n)]
+    return [f"{'down' if class_velocity(c, speed) > 0 else 'up'}_{abs(class_velocity(c, speed)):g}px" for c in range(n)]
 
 
 def hue_class_names(n: int, hue_speed: float) -> List[str]:
-    return [f"hue_{'fwd' if hue_velocity(c, hue_speed) > 0 else 'back'}_{abs(hue_velocity(c, hue_speed)):g}"
-            for c in range(n)]
+    return [
+        f"hue_{'fwd' if hue_velocity(c, hue_speed) > 0 else 'back'}_{abs(hue_velocity(c, hue_speed)):g}"
+        for c in range(n)
+    ]
 
 
 def _texture_spectrum(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """rfft2 of one random periodic RGB texture, (h, w//2+1, 3) complex."""
     ky = np.fft.fftfreq(h)[:, None]
     kx = np.fft.rfftfreq(w)[None, :]
-    k = np.sqrt(kx ** 2 + ky ** 2)
-    k0 = rng.uniform(0.04, 0.12)                                  # dominant scale varies per video
+    k = np.sqrt(kx**2 + ky**2)
+    k0 = rng.uniform(0.04, 0.12)  # dominant scale varies per video
     spec = np.fft.rfft2(rng.standard_normal((h, w, 3)), axes=(0, 1)) / (1 + (k / k0) ** 2)[..., None]
     tex = np.fft.irfft2(spec, s=(h, w), axes=(0, 1))
     tex = tex / (tex.std(axis=(0, 1), keepdims=True) + 1e-8) * rng.uniform(25, 45)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    for _ in range(int(rng.integers(3, 7))):                      # soft-edged blobs and bars on the torus
+    for _ in range(int(rng.integers(3, 7))):  # soft-edged blobs and bars on the torus
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         dy = (yy - cy + h / 2) % h - h / 2
         dx = (xx - cx + w / 2) % w - w / 2
@@ -95,14 +97,14 @@ def _texture_spectrum(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def render_video(rng: np.random.Generator, frames: int, h: int, w: int, vy: float, vx: float) -> np.ndarray:
     """(frames, h, w, 3) uint8: the texture shifted by (phase + t * (vy, vx)), sub-pixel via a Fourier shift."""
-    spec = np.moveaxis(_texture_spectrum(rng, h, w), -1, 0).astype(np.complex64)   # (3, h, w//2+1)
+    spec = np.moveaxis(_texture_spectrum(rng, h, w), -1, 0).astype(np.complex64)  # (3, h, w//2+1)
     py, px = rng.uniform(0, h), rng.uniform(0, w)
     t = np.arange(frames)[:, None]
-    sy = np.exp(-2j * np.pi * np.fft.fftfreq(h)[None, :] * (py + vy * t)).astype(np.complex64)   # (frames, h)
+    sy = np.exp(-2j * np.pi * np.fft.fftfreq(h)[None, :] * (py + vy * t)).astype(np.complex64)  # (frames, h)
     sx = np.exp(-2j * np.pi * np.fft.rfftfreq(w)[None, :] * (px + vx * t)).astype(np.complex64)  # (frames, w//2+1)
-    shifted = spec[None] * (sy[:, None, :, None] * sx[:, None, None, :])     # (frames, 3, h, w//2+1)
-    video = np.fft.irfft2(shifted, s=(h, w)).transpose(0, 2, 3, 1)           # (frames, h, w, 3)
-    video += rng.standard_normal(size=video.shape, dtype=np.float32) * 2.0   # sensor noise: no two frames alike
+    shifted = spec[None] * (sy[:, None, :, None] * sx[:, None, None, :])  # (frames, 3, h, w//2+1)
+    video = np.fft.irfft2(shifted, s=(h, w)).transpose(0, 2, 3, 1)  # (frames, h, w, 3)
+    video += rng.standard_normal(size=video.shape, dtype=np.float32) * 2.0  # sensor noise: no two frames alike
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)
 
 
@@ -116,12 +118,13 @@ def rotate_chroma(video: np.ndarray, turns: np.ndarray) -> np.ndarray:
     k = np.full(3, 1 / np.sqrt(3))
     cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
     theta = 2 * np.pi * turns[:, None, None]  # (F, 1, 1)
-    rot = (np.cos(theta) * np.eye(3) + np.sin(theta) * cross + (1 - np.cos(theta)) * np.outer(k, k))  # (F, 3, 3)
+    rot = np.cos(theta) * np.eye(3) + np.sin(theta) * cross + (1 - np.cos(theta)) * np.outer(k, k)  # (F, 3, 3)
     return np.einsum("fhwc,fdc->fhwd", video, rot)
 
 
-def render_hue_video(rng: np.random.Generator, frames: int, h: int, w: int, turns_per_frame: float,
-                     drift: float) -> np.ndarray:
+def render_hue_video(
+    rng: np.random.Generator, frames: int, h: int, w: int, turns_per_frame: float, drift: float
+) -> np.ndarray:
     """(frames, h, w, 3) uint8: a drifting texture whose hue cycles at `turns_per_frame` from a random phase."""
     angle = rng.uniform(0, 2 * np.pi)
     tex = render_video(rng, frames, h, w, drift * np.sin(angle), drift * np.cos(angle)).astype(np.float32)
@@ -136,17 +139,19 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     """(h, w, 3) uint8 -> JPEG bytes, 4:2:0 like ffmpeg-extracted frames."""
     try:
         import simplejpeg
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB",
-                                      colorsubsampling="420")
+
+        return simplejpeg.encode_jpeg(
+            np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling="420"
+        )
     except ImportError:
         from PIL import Image
+
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="JPEG", quality=quality, subsampling=2)
         return buf.getvalue()
 
 
-def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}.jpg",
-             io_workers: int = 16) -> dict:
+def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}.jpg", io_workers: int = 16) -> dict:
     """Write the whole dataset under `store` (frames first, list files last). Deterministic in `cfg.seed`."""
     frame_format = frame_name_format(frame_format)
     t0 = time.time()
@@ -154,30 +159,47 @@ def generate(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}
         raise ValueError(f"data.synthetic.kind={cfg.kind!r} is not one of ['hue', 'scroll']")
     names = class_names(cfg.classes, cfg.speed) if cfg.kind == "scroll" else hue_class_names(cfg.classes, cfg.hue_speed)
     lists = {}
-    for split_id, (split, per_class) in enumerate((("train", cfg.videos_per_class),
-                                                   ("val", cfg.val_videos_per_class))):
+    for split_id, (split, per_class) in enumerate((("train", cfg.videos_per_class), ("val", cfg.val_videos_per_class))):
         records = []
         for c in range(cfg.classes):
             for v in range(per_class):
                 rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, split_id, c, v])))
                 if cfg.kind == "hue":
-                    video = render_hue_video(rng, cfg.frames, cfg.height, cfg.width,
-                                             hue_velocity(c, cfg.hue_speed), rng.uniform(0, cfg.speed))
+                    video = render_hue_video(
+                        rng,
+                        cfg.frames,
+                        cfg.height,
+                        cfg.width,
+                        hue_velocity(c, cfg.hue_speed),
+                        rng.uniform(0, cfg.speed),
+                    )
                 else:
                     vx = rng.uniform(-cfg.speed, cfg.speed)
                     video = render_video(rng, cfg.frames, cfg.height, cfg.width, class_velocity(c, cfg.speed), vx)
                 path = f"frames_{split}/{names[c]}/{split}_{c:03d}_{v:05d}"
-                store.write_many([(f"{path}/{frame_format.format(i + 1)}", encode_jpeg(f, cfg.quality))
-                                  for i, f in enumerate(video)], max_workers=io_workers)
+                store.write_many(
+                    [
+                        (f"{path}/{frame_format.format(i + 1)}", encode_jpeg(f, cfg.quality))
+                        for i, f in enumerate(video)
+                    ],
+                    max_workers=io_workers,
+                )
                 records.append(VideoRecord(path, cfg.frames, c))
         lists[split] = records
-    store.write_text("synthetic.json", json.dumps({"config": asdict(cfg), "frame_format": frame_format,
-                                                   "class_names": names}, indent=1))
+    store.write_text(
+        "synthetic.json",
+        json.dumps({"config": asdict(cfg), "frame_format": frame_format, "class_names": names}, indent=1),
+    )
     store.write_text(CLASSES, "".join(f"{n}\n" for n in names))
     store.write_text(VAL_LIST, format_list(lists["val"]))
-    store.write_text(TRAIN_LIST, format_list(lists["train"]))      # last: marks the dataset complete
-    info = {"root": store.uri, "train_videos": len(lists["train"]), "val_videos": len(lists["val"]),
-            "classes": names, "seconds": round(time.time() - t0, 2)}
+    store.write_text(TRAIN_LIST, format_list(lists["train"]))  # last: marks the dataset complete
+    info = {
+        "root": store.uri,
+        "train_videos": len(lists["train"]),
+        "val_videos": len(lists["val"]),
+        "classes": names,
+        "seconds": round(time.time() - t0, 2),
+    }
     log.info("synthetic dataset written: %s", info)
     return info
 
@@ -191,8 +213,10 @@ def check_generated_with(store: Store, cfg: SyntheticConfig) -> None:
     diff = {k: (have.get(k), v) for k, v in asdict(cfg).items() if have.get(k) != v}
     if diff:
         pairs = ", ".join(f"data.synthetic.{k}={want!r} (found {got!r})" for k, (got, want) in sorted(diff.items()))
-        raise ValueError(f"{store.uri} holds a synthetic set generated with other settings: {pairs}; "
-                         f"point data.root at another folder or delete that one")
+        raise ValueError(
+            f"{store.uri} holds a synthetic set generated with other settings: {pairs}; "
+            f"point data.root at another folder or delete that one"
+        )
 
 
 def ensure_synthetic(store: Store, cfg: SyntheticConfig, frame_format: str = "img_{:05d}.jpg") -> bool:
@@ -212,7 +236,7 @@ def ensure_synthetic(store: Store, cfg: SyntheticConfig, frame_format: str = "im
     try:
         generate(LocalStore(tmp), cfg, frame_format)
         try:
-            os.rename(tmp, root)               # atomic; also replaces an empty directory
+            os.rename(tmp, root)  # atomic; also replaces an empty directory
             return True
         except OSError:
             pass
@@ -223,8 +247,10 @@ def ensure_synthetic(store: Store, cfg: SyntheticConfig, frame_format: str = "im
             except OSError:
                 pass
         if not (store.exists(TRAIN_LIST) and store.exists(VAL_LIST)):
-            raise RuntimeError(f"could not place the synthetic dataset in {root} (partly populated by something "
-                               f"else?); remove it or choose another data.root")
+            raise RuntimeError(
+                f"could not place the synthetic dataset in {root} (partly populated by something "
+                f"else?); remove it or choose another data.root"
+            )
         return True
     finally:
         if os.path.exists(tmp):
@@ -250,10 +276,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: env / boto3)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = SyntheticConfig(classes=a.classes, videos_per_class=a.videos_per_class,
-                          val_videos_per_class=a.val_videos_per_class, frames=a.frames, height=a.height,
-                          width=a.width, kind=a.kind, speed=a.speed, hue_speed=a.hue_speed, quality=a.quality,
-                          seed=a.seed)
+    cfg = SyntheticConfig(
+        classes=a.classes,
+        videos_per_class=a.videos_per_class,
+        val_videos_per_class=a.val_videos_per_class,
+        frames=a.frames,
+        height=a.height,
+        width=a.width,
+        kind=a.kind,
+        speed=a.speed,
+        hue_speed=a.hue_speed,
+        quality=a.quality,
+        seed=a.seed,
+    )
     info = generate(open_store(a.out, endpoint_url=a.endpoint_url), cfg, a.frame_format)
     print(json.dumps(info))
     return 0

@@ -12,6 +12,7 @@ symmetric) and costs 224 columns instead of a full frame.
 Augmentation parameters are drawn by `draw_train_params` from an explicit generator in a fixed order (every
 draw happens whether or not it is used), so they are a pure function of the generator's seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,16 +27,17 @@ import torch.nn.functional as F
 class TrainAugParams:
     flip: bool
     short_side: int
-    crop_fx: float                       # crop offset as a fraction of the free range, in [0, 1)
+    crop_fx: float  # crop offset as a fraction of the free range, in [0, 1)
     crop_fy: float
-    brightness: Optional[float] = None   # None: op not applied
+    brightness: Optional[float] = None  # None: op not applied
     saturation: Optional[float] = None
     gamma: Optional[float] = None
     hue: Optional[float] = None
 
 
-def draw_train_params(rng: np.random.Generator, short_side: Sequence[int] = (224, 330), flip: bool = True,
-                      jitter_prob: float = 0.1) -> TrainAugParams:
+def draw_train_params(
+    rng: np.random.Generator, short_side: Sequence[int] = (224, 330), flip: bool = True, jitter_prob: float = 0.1
+) -> TrainAugParams:
     """One clip's augmentation. Ranges are the original's: brightness U[0.5, 2], saturation U[0.5, 3],
     gamma U[0.8, 1.2], hue U[-0.5, 0.5]; short side randint[lo, hi) (hi exclusive, like numpy)."""
     lo, hi = int(short_side[0]), int(short_side[1])
@@ -73,7 +75,7 @@ def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(T, 3, H, W) uint8 -> (T, 3, h, w) uint8, PIL-style antialiased bicubic."""
     if tuple(x.shape[-2:]) == (h, w):
         return x
-    x = x.contiguous(memory_format=torch.channels_last)   # the fast uint8 AVX path
+    x = x.contiguous(memory_format=torch.channels_last)  # the fast uint8 AVX path
     return F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
 
 
@@ -83,19 +85,20 @@ def normalize(x: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Ten
     return out.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
-def train_clip(frames: Sequence[np.ndarray], p: TrainAugParams, crop: int, mean: float = 0.5,
-               std: float = 0.5) -> torch.Tensor:
+def train_clip(
+    frames: Sequence[np.ndarray], p: TrainAugParams, crop: int, mean: float = 0.5, std: float = 0.5
+) -> torch.Tensor:
     """T frames (H, W, 3) uint8 -> (T, 3, crop, crop) float32, one set of parameters for all frames."""
-    x = stack_frames(frames)                                  # (T, 3, H, W) uint8
+    x = stack_frames(frames)  # (T, 3, H, W) uint8
     h, w = resized_size(x.shape[2], x.shape[3], p.short_side)
     if h < crop or w < crop:
         raise ValueError(f"short side {p.short_side} is smaller than the crop {crop}")
-    x = resize(x, h, w)                                       # (T, 3, h, w)
+    x = resize(x, h, w)  # (T, 3, h, w)
     oy = int(p.crop_fy * (h - crop + 1))
-    ox = int(p.crop_fx * (w - crop + 1))                      # offset in the (possibly flipped) frame
+    ox = int(p.crop_fx * (w - crop + 1))  # offset in the (possibly flipped) frame
     if p.flip:
-        ox = w - crop - ox                                    # same pixels, found in the unflipped frame
-    x = x[:, :, oy:oy + crop, ox:ox + crop]                   # (T, 3, crop, crop)
+        ox = w - crop - ox  # same pixels, found in the unflipped frame
+    x = x[:, :, oy : oy + crop, ox : ox + crop]  # (T, 3, crop, crop)
     if p.flip:
         x = x.flip(-1)
     if any(v is not None for v in (p.brightness, p.saturation, p.gamma, p.hue)):
@@ -118,22 +121,32 @@ def eval_crop_offsets(h: int, w: int, crop: int, n: int) -> List[Tuple[int, int]
     return [(y, x) for x in xs]
 
 
-def eval_views(frames: Sequence[np.ndarray], clips: np.ndarray, short_side: int, crop: int, n_crops: int,
-               mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+def eval_views(
+    frames: Sequence[np.ndarray],
+    clips: np.ndarray,
+    short_side: int,
+    crop: int,
+    n_crops: int,
+    mean: float = 0.5,
+    std: float = 0.5,
+) -> torch.Tensor:
     """Unique frames + (n, T) positions into them -> (n * n_crops, T, 3, crop, crop) float32.
 
     View v = clip k * n_crops + crop j. Each unique frame is resized once even when clips overlap.
     """
-    x = stack_frames(frames)                                  # (U, 3, H, W) uint8
+    x = stack_frames(frames)  # (U, 3, H, W) uint8
     h, w = resized_size(x.shape[2], x.shape[3], short_side)
     if h < crop or w < crop:
         raise ValueError(f"test short side {short_side} is smaller than the crop {crop}")
-    x = resize(x, h, w)                                       # (U, 3, h, w)
+    x = resize(x, h, w)  # (U, 3, h, w)
     offsets = eval_crop_offsets(h, w, crop, n_crops)
     clips_t = torch.as_tensor(np.asarray(clips), dtype=torch.long)
-    views = [x[clips_t[k]][:, :, oy:oy + crop, ox:ox + crop]  # (T, 3, crop, crop)
-             for k in range(clips_t.shape[0]) for oy, ox in offsets]
-    return normalize(torch.stack(views), mean, std)           # (V, T, 3, crop, crop)
+    views = [
+        x[clips_t[k]][:, :, oy : oy + crop, ox : ox + crop]  # (T, 3, crop, crop)
+        for k in range(clips_t.shape[0])
+        for oy, ox in offsets
+    ]
+    return normalize(torch.stack(views), mean, std)  # (V, T, 3, crop, crop)
 
 
 # --- colour jitter: torchvision's functional ops on PIL images, re-done on the whole clip ---------------------
@@ -143,16 +156,16 @@ def color_jitter(x: torch.Tensor, p: TrainAugParams) -> torch.Tensor:
     Cheap enough to leave on: brightness and gamma are 256-entry lookup tables, saturation and hue work
     in place (a 224 px 8-frame clip: ~2 ms, ~1 ms, ~2 ms, ~13 ms; each op runs on 10% of clips)."""
     y = x.contiguous()
-    if p.brightness is not None:            # ImageEnhance.Brightness: blend with black
+    if p.brightness is not None:  # ImageEnhance.Brightness: blend with black
         y = _lut(y, np.arange(256) * p.brightness)
-    if p.saturation is not None:            # ImageEnhance.Color: blend with the grey (ITU-R 601 luma) image
+    if p.saturation is not None:  # ImageEnhance.Color: blend with the grey (ITU-R 601 luma) image
         f = y.to(torch.float32)
         r, g, b = f.unbind(-3)
         grey = (0.299 * r + 0.587 * g + 0.114 * b).round_().unsqueeze(-3)
         y = f.sub_(grey).mul_(p.saturation).add_(grey).clamp_(0.0, 255.0).round_().to(torch.uint8)
-    if p.gamma is not None:                 # adjust_gamma(gain=1): 255 * (x/255)^gamma
+    if p.gamma is not None:  # adjust_gamma(gain=1): 255 * (x/255)^gamma
         y = _lut(y, 255.0 * (np.arange(256) / 255.0) ** p.gamma)
-    if p.hue is not None:                   # adjust_hue: rotate H in HSV by hue * 360 degrees
+    if p.hue is not None:  # adjust_hue: rotate H in HSV by hue * 360 degrees
         y = _hue_shift(y, p.hue).clamp_(0.0, 255.0).round_().to(torch.uint8)
     return y
 
@@ -188,5 +201,16 @@ def describe() -> str:
     return "torch uint8 antialiased bicubic (PIL BICUBIC-equivalent), channels-last"
 
 
-__all__ = ["TrainAugParams", "draw_train_params", "resized_size", "train_clip", "eval_views",
-           "eval_crop_offsets", "color_jitter", "normalize", "resize", "stack_frames", "describe"]
+__all__ = [
+    "TrainAugParams",
+    "draw_train_params",
+    "resized_size",
+    "train_clip",
+    "eval_views",
+    "eval_crop_offsets",
+    "color_jitter",
+    "normalize",
+    "resize",
+    "stack_frames",
+    "describe",
+]

@@ -14,11 +14,13 @@ Variants (who reads frame t+1 / t-1; everything else reads frame t):
                    token axis. fold = (N-1) // shift_div patch tokens; the first `fold` patch tokens in raster
                    order (token positions [1, 1+fold)) read t+1, the last `fold` ([N-fold, N)) read t-1, in all
                    heads: a strip at the top of the image from t+1 and one at the bottom from t-1. The CLS
-                   token (position 0) always stays at frame t, so each query still sees its own frame's summary. shift_div 12 moves 32 of 196 tokens at 224 px (16 %), close to the 2 of 12
-                   heads (17 %) of the head split.
+                   token (position 0) always stays at frame t, so each query still sees its own frame's summary.
+                   shift_div 12 moves 32 of 196 tokens at 224 px (16 %), close to the 2 of 12 heads (17 %) of
+                   the head split.
 - `TokenShift`     TokenShift baseline on the residual stream: CLS channels [0, fold) read t+1 and
                    [fold, 2*fold) read t-1, fold = C // shift_div; patch tokens untouched.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,8 +108,9 @@ class HeadShift(nn.Module):
 
     def forward(self, q, k, v):  # each (B, T, N, h, d)
         future, past = self.slices(q)
-        return tuple(temporal_shift(t, future, past, self.dim) if name in self.shift else t
-                     for name, t in zip("qkv", (q, k, v)))
+        return tuple(
+            temporal_shift(t, future, past, self.dim) if name in self.shift else t for name, t in zip("qkv", (q, k, v))
+        )
 
     def extra_repr(self):
         return f"shift={self.shift!r}, shift_div={self.shift_div}"
@@ -145,8 +148,15 @@ class TokenShift(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with a fused qkv projection; `temporal` decides which frame q/k/v come from."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, temporal: nn.Module | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        temporal: nn.Module | None = None,
+    ):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} not divisible by num_heads {num_heads}"
         self.num_heads, self.head_dim = num_heads, dim // num_heads

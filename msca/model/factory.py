@@ -1,10 +1,12 @@
 """Named presets and the one way to build a model from a name plus overrides."""
+
 from collections.abc import Mapping
 
 from .vit import VideoViT
 
-_B16 = dict(num_classes=400, num_frames=8, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-            mlp_ratio=4.0)
+_B16 = dict(
+    num_classes=400, num_frames=8, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0
+)
 PRESETS = {
     "vit_b16": dict(_B16, temporal="none"),
     "tokenshift_b16": dict(_B16, temporal="tokenshift", shift_div=4),  # TokShift's released div4
@@ -12,8 +14,22 @@ PRESETS = {
     "msca_patch_b16": dict(_B16, temporal="msca_patch", shift="kv", shift_div=12),  # patch variant, ours
 }
 MODEL_NAMES = tuple(PRESETS)
-OVERRIDES = ("num_classes", "num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
-             "mlp_ratio", "temporal", "shift", "shift_div", "drop_path_rate", "attn_drop", "proj_drop")
+OVERRIDES = (
+    "num_classes",
+    "num_frames",
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "temporal",
+    "shift",
+    "shift_div",
+    "drop_path_rate",
+    "attn_drop",
+    "proj_drop",
+)
 
 
 def create_model(name: str, **overrides) -> VideoViT:

@@ -5,6 +5,7 @@ Both paths check every key and shape against the model before touching it and fa
 each missing, unexpected and mis-shaped key. A position grid of another size is resampled (CLS kept) with
 scipy.ndimage.zoom(order=1), as the reference does. With zero_head (the reference's `--tune_from`), the
 checkpoint's classifier is ignored and the model's head is zeroed."""
+
 import os
 from collections.abc import Mapping
 
@@ -24,9 +25,14 @@ def npz_layout(model: nn.Module, with_head: bool = False) -> dict[str, tuple[int
     d, hidden = C // h, model.blocks[0].mlp.fc1.out_features
     p = model.patch_embed.proj.kernel_size[0]
     cin = model.patch_embed.proj.in_channels
-    L = {"embedding/kernel": (p, p, cin, C), "embedding/bias": (C,), "cls": (1, 1, C),
-         POS_NPZ: tuple(model.pos_embed.shape),
-         "Transformer/encoder_norm/scale": (C,), "Transformer/encoder_norm/bias": (C,)}
+    L = {
+        "embedding/kernel": (p, p, cin, C),
+        "embedding/bias": (C,),
+        "cls": (1, 1, C),
+        POS_NPZ: tuple(model.pos_embed.shape),
+        "Transformer/encoder_norm/scale": (C,),
+        "Transformer/encoder_norm/bias": (C,),
+    }
     for i in range(depth):
         b = f"Transformer/encoderblock_{i}/"
         a = b + "MultiHeadDotProductAttention_1/"
@@ -56,7 +62,7 @@ def resample_pos_embed(pos: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def _fit_pos(pos: np.ndarray, target: tuple[int, ...], grid: tuple[int, int]) -> np.ndarray:
     """Resample a square position grid of another size; anything else is left for the shape check."""
     n = pos.shape[1] - 1 if pos.ndim == 3 else -1
-    square = n > 0 and int(round(n ** 0.5)) ** 2 == n
+    square = n > 0 and int(round(n**0.5)) ** 2 == n
     if tuple(pos.shape) == tuple(target) or not square or pos.shape[0] != 1 or pos.shape[2] != target[2]:
         return pos
     return resample_pos_embed(pos, grid)
@@ -65,8 +71,11 @@ def _fit_pos(pos: np.ndarray, target: tuple[int, ...], grid: tuple[int, int]) ->
 def _check(found: Mapping[str, tuple], expected: Mapping[str, tuple], source: str) -> None:
     missing = [f"  missing: {k} (model expects {tuple(s)})" for k, s in expected.items() if k not in found]
     unexpected = [f"  unexpected: {k} {tuple(s)}" for k, s in found.items() if k not in expected]
-    shapes = [f"  shape mismatch: {k}: checkpoint {tuple(found[k])} vs model expects {tuple(s)}"
-              for k, s in expected.items() if k in found and tuple(found[k]) != tuple(s)]
+    shapes = [
+        f"  shape mismatch: {k}: checkpoint {tuple(found[k])} vs model expects {tuple(s)}"
+        for k, s in expected.items()
+        if k in found and tuple(found[k]) != tuple(s)
+    ]
     if missing or unexpected or shapes:
         raise ValueError(f"{source} does not fit the model:\n" + "\n".join(missing + unexpected + shapes))
 
@@ -90,10 +99,18 @@ def load_npz(model: nn.Module, npz: str | os.PathLike | Mapping[str, np.ndarray]
     _check({k: v.shape for k, v in w.items()}, npz_layout(model, with_head=not zero_head), source)
 
     C = model.embed_dim
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    sd = {"patch_embed.proj.weight": t(w["embedding/kernel"].transpose(3, 2, 0, 1)),  # HWIO -> OIHW
-          "patch_embed.proj.bias": t(w["embedding/bias"]), "cls_token": t(w["cls"]), "pos_embed": t(w[POS_NPZ]),
-          "norm.weight": t(w["Transformer/encoder_norm/scale"]), "norm.bias": t(w["Transformer/encoder_norm/bias"])}
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    sd = {
+        "patch_embed.proj.weight": t(w["embedding/kernel"].transpose(3, 2, 0, 1)),  # HWIO -> OIHW
+        "patch_embed.proj.bias": t(w["embedding/bias"]),
+        "cls_token": t(w["cls"]),
+        "pos_embed": t(w[POS_NPZ]),
+        "norm.weight": t(w["Transformer/encoder_norm/scale"]),
+        "norm.bias": t(w["Transformer/encoder_norm/bias"]),
+    }
     for i in range(len(model.blocks)):
         b, m = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         a = b + "MultiHeadDotProductAttention_1/"
@@ -112,8 +129,9 @@ def load_npz(model: nn.Module, npz: str | os.PathLike | Mapping[str, np.ndarray]
     return _load(model, sd, zero_head, source)
 
 
-def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], zero_head: bool = True,
-                    source: str = "state dict"):
+def load_state_dict(
+    model: nn.Module, sd: Mapping[str, torch.Tensor], zero_head: bool = True, source: str = "state dict"
+):
     """Load a timm-layout torch state dict (optionally nested under 'model', 'state_dict' or 'module')."""
     for nest in ("model", "state_dict", "module"):
         if isinstance(sd.get(nest), Mapping):
@@ -128,8 +146,7 @@ def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], zero_head:
 
 
 def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], zero_head: bool, source: str):
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                if not (zero_head and k.startswith("head."))}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (zero_head and k.startswith("head."))}
     _check({k: tuple(v.shape) for k, v in sd.items()}, expected, source)
     model.load_state_dict(sd, strict=not zero_head)
     if zero_head:

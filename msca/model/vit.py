@@ -1,6 +1,7 @@
 """Video ViT: frames run through a plain ViT as one (B*T) batch, with timm's parameter names so timm and jax
 ViT checkpoints map 1:1. The only temporal parts are the steps from attention.py; per-frame CLS logits are
 averaged over T (the reference's 'avg' consensus)."""
+
 import torch
 from torch import nn
 
@@ -51,9 +52,17 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-LN block; `token_shift` acts on the residual stream before attention and before the MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_temporal: nn.Module | None = None,
-                 token_shift: nn.Module | None = None, drop_path: float = 0.0, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        attn_temporal: nn.Module | None = None,
+        token_shift: nn.Module | None = None,
+        drop_path: float = 0.0,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         self.token_shift = token_shift if token_shift is not None else nn.Identity()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -88,10 +97,24 @@ class VideoViT(nn.Module):
     """(B, T, 3, H, W) -> (B, num_classes). T is read from the input; `num_frames` is only the default clip
     length that data and configs use."""
 
-    def __init__(self, num_classes: int = 400, num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 temporal: str = "none", shift: str = "kv", shift_div: int = 12, drop_path_rate: float = 0.0,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, in_chans: int = 3):
+    def __init__(
+        self,
+        num_classes: int = 400,
+        num_frames: int = 8,
+        img_size: int = 224,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        temporal: str = "none",
+        shift: str = "kv",
+        shift_div: int = 12,
+        drop_path_rate: float = 0.0,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        in_chans: int = 3,
+    ):
         super().__init__()
         attn_step, stream_step = temporal_steps(temporal, shift, shift_div)
         self.num_classes, self.num_frames, self.embed_dim = num_classes, num_frames, embed_dim
@@ -102,7 +125,8 @@ class VideoViT(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, attn_step(), stream_step(), dpr[i], attn_drop, proj_drop)
-            for i in range(depth))
+            for i in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()

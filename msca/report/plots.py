@@ -1,4 +1,5 @@
 """PNG figures for the run home: training curves and the confusion matrix (matplotlib, no display)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,15 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], out: Path
         if k <= 12:
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion (row-normalised)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -1,4 +1,5 @@
 """Compare finished runs: `python -m msca.report RUN_URI...` prints their test results side by side."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ def comparison_table(homes: list[RunHome]) -> str:
         if res is None:
             rows.append(("?", "-", "-", "-", "-", "-", f"{home.name} (no results.json)"))
             continue
-        rows.append((res["model"], f"{100 * res['top1']:.1f}", f"{100 * res['top5']:.1f}",
-                     f"{100 * res['mean_class_accuracy']:.1f}", str(res["num_videos"]), res["views"], home.name))
+        rows.append(
+            (
+                res["model"],
+                f"{100 * res['top1']:.1f}",
+                f"{100 * res['top5']:.1f}",
+                f"{100 * res['mean_class_accuracy']:.1f}",
+                str(res["num_videos"]),
+                res["views"],
+                home.name,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

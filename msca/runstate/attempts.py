@@ -7,6 +7,7 @@ run's **goodput** (productive step time / wall time) and its badput by cause: st
 recomputed after a failure (done after the commit the next attempt resumed from), checkpoint stalls, and the
 rest (validation, evaluation, data waits outside steps, time lost after the last heartbeat is not counted).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,18 +42,18 @@ class Attempt:
     hosts: list
     world_size: int
     started: float
-    restart_count: int = 0              # SLURM_RESTART_COUNT (requeues of this job)
-    restored_step: int = 0              # 0: a fresh start
-    restore_s: float = 0.0              # checkpoint lookup, download, verify and load
+    restart_count: int = 0  # SLURM_RESTART_COUNT (requeues of this job)
+    restored_step: int = 0  # 0: a fresh start
+    restore_s: float = 0.0  # checkpoint lookup, download, verify and load
     first_step_at: Optional[float] = None  # when the training loop began (start-up and restore end)
-    last_step: int = 0                  # newest optimizer step reached
-    total_steps: int = 0                # the run's planned steps (as this attempt computed them)
-    step_s: float = 0.0                 # wall time inside training steps (data wait included)
-    checkpoint_stall_s: float = 0.0     # time the loop waited for saves and commits
+    last_step: int = 0  # newest optimizer step reached
+    total_steps: int = 0  # the run's planned steps (as this attempt computed them)
+    step_s: float = 0.0  # wall time inside training steps (data wait included)
+    checkpoint_stall_s: float = 0.0  # time the loop waited for saves and commits
     last_committed_step: Optional[int] = None
     heartbeat: float = 0.0
     ended: Optional[float] = None
-    end_reason: Optional[str] = None    # finished | stopped | failed (None while running or if it vanished)
+    end_reason: Optional[str] = None  # finished | stopped | failed (None while running or if it vanished)
     error: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -68,9 +69,15 @@ class AttemptLedger:
         backend, job_key = job_identity()
         now = time.time()
         self.store = store
-        self.attempt = Attempt(id=time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6],
-                               backend=backend, job_key=job_key, hosts=sorted(set(hosts)), world_size=world_size,
-                               started=now, restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        self.attempt = Attempt(
+            id=time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6],
+            backend=backend,
+            job_key=job_key,
+            hosts=sorted(set(hosts)),
+            world_size=world_size,
+            started=now,
+            restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        )
         self._written = False
 
     def write(self) -> None:
@@ -82,8 +89,11 @@ class AttemptLedger:
         except OSError as err:
             if not self._written:
                 raise
-            log.warning("attempt record %s not written (%s); it is rewritten at the next heartbeat",
-                        self.store.url(self.attempt.key), err)
+            log.warning(
+                "attempt record %s not written (%s); it is rewritten at the next heartbeat",
+                self.store.url(self.attempt.key),
+                err,
+            )
         self._written = True
 
     def restored(self, step: int, seconds: float, total_steps: int = 0) -> None:
@@ -131,8 +141,13 @@ def summarize(attempts: list[Attempt]) -> dict:
         resumed_at = attempts[i + 1].restored_step if i + 1 < len(attempts) else a.last_step
         redone = max(0, a.last_step - max(resumed_at, a.restored_step)) if i + 1 < len(attempts) else 0
         startup = max(0.0, (a.first_step_at or end) - a.started - a.restore_s)
-        parts = dict(productive=per_step * (steps - redone), recomputed=per_step * redone, startup=startup,
-                     restore=a.restore_s, checkpoint=a.checkpoint_stall_s)
+        parts = dict(
+            productive=per_step * (steps - redone),
+            recomputed=per_step * redone,
+            startup=startup,
+            restore=a.restore_s,
+            checkpoint=a.checkpoint_stall_s,
+        )
         parts["other"] = max(0.0, wall - sum(parts.values()))
         totals["wall"] += wall
         for k, v in parts.items():
@@ -140,7 +155,6 @@ def summarize(attempts: list[Attempt]) -> dict:
     wall = totals["wall"] or 1.0
     out = {k: round(v, 2) for k, v in totals.items()}
     out["goodput"] = round(totals["productive"] / wall, 4)
-    out["badput"] = {k: round(totals[k] / wall, 4) for k in ("startup", "restore", "recomputed", "checkpoint",
-                                                              "other")}
+    out["badput"] = {k: round(totals[k] / wall, 4) for k in ("startup", "restore", "recomputed", "checkpoint", "other")}
     out["attempts"] = len(attempts)
     return out

@@ -17,6 +17,7 @@ missing, truncated or altered object makes all ranks fall back to the next older
 Every section with rank-0-only work is `agreed`: an error on one rank reaches all. DeepSpeed's own `latest`
 file is never used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,10 +112,20 @@ class _Pending:
 
 
 class CheckpointManager:
-    def __init__(self, engine, home: RunHome, every_steps: int = 0, keep_last: int = 2, keep_every: int = 0,
-                 config_hash: str = "", background: bool = True, every_minutes: float = 0.0,
-                 staging_dir: Optional[str] = None, before_commit: Optional[Callable[[], None]] = None,
-                 on_commit: Optional[Callable[[int, float], None]] = None):
+    def __init__(
+        self,
+        engine,
+        home: RunHome,
+        every_steps: int = 0,
+        keep_last: int = 2,
+        keep_every: int = 0,
+        config_hash: str = "",
+        background: bool = True,
+        every_minutes: float = 0.0,
+        staging_dir: Optional[str] = None,
+        before_commit: Optional[Callable[[], None]] = None,
+        on_commit: Optional[Callable[[int, float], None]] = None,
+    ):
         self.engine, self.home = engine, home
         self.background = background
         self._pending: _Pending | None = None
@@ -125,7 +136,7 @@ class CheckpointManager:
         self.in_place = not is_remote(home.uri)  # a local (shared) store: DeepSpeed writes into it directly
         self.staging = Path(self.store.url()) if self.in_place else staging_root(staging_dir, home)
         self.before_commit = before_commit  # rank 0, just before a manifest is written (e.g. "do we still hold
-        self.on_commit = on_commit          # the lease?"); on_commit(step, seconds the loop waited for it)
+        self.on_commit = on_commit  # the lease?"); on_commit(step, seconds the loop waited for it)
         self.last_saved_step = -1
         self.last_save_time = time.monotonic()
         self._in_store: set = set()  # tags with objects in the store when this attempt started
@@ -153,8 +164,12 @@ class CheckpointManager:
         t0 = time.perf_counter()
         tag = tag_for(step)
         rngs = dist.all_gather_object(rng_state())
-        client_state = {"trainer": trainer_state, "rng": rngs, "world_size": dist.world_size(),
-                        "config_hash": self.config_hash}
+        client_state = {
+            "trainer": trainer_state,
+            "rng": rngs,
+            "world_size": dist.world_size(),
+            "config_hash": self.config_hash,
+        }
         agreed(lambda: self._clear(tag), f"preparing checkpoint {tag}")
         self.engine.save_checkpoint(str(self.staging), tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()
@@ -175,7 +190,7 @@ class CheckpointManager:
             self.store.delete(f"{tag}/{MANIFEST}")
             self.store.delete_prefix(tag + "/")
             self._in_store.discard(tag)
-        if (dist.is_main() if self.in_place else local_rank() == 0):
+        if dist.is_main() if self.in_place else local_rank() == 0:
             shutil.rmtree(self.staging / tag, ignore_errors=True)
 
     def commit_if_ready(self) -> None:
@@ -199,11 +214,15 @@ class CheckpointManager:
         gathered = dist.all_gather_object(pending.error or pending.entries)
         errors = [(r, g) for r, g in enumerate(gathered) if isinstance(g, str)]
         if errors:
-            raise RuntimeError(f"checkpoint {self.store.url(pending.tag)} could not be uploaded by rank "
-                               f"{errors[0][0]}, so it is not committed (the previous one stays the resume "
-                               f"point): {errors[0][1]}")
-        agreed(lambda: self._write_manifest(pending, [e for part in gathered for e in part]),
-               f"committing checkpoint {pending.tag}")
+            raise RuntimeError(
+                f"checkpoint {self.store.url(pending.tag)} could not be uploaded by rank "
+                f"{errors[0][0]}, so it is not committed (the previous one stays the resume "
+                f"point): {errors[0][1]}"
+            )
+        agreed(
+            lambda: self._write_manifest(pending, [e for part in gathered for e in part]),
+            f"committing checkpoint {pending.tag}",
+        )
         if dist.is_main():
             try:
                 self._retain(pending.step)
@@ -215,17 +234,27 @@ class CheckpointManager:
         self.stall_s += stall
         if self.on_commit is not None and dist.is_main():
             self.on_commit(pending.step, stall)
-        log.info("checkpoint %s committed %.1fs after it started -> %s", pending.tag,
-                 time.perf_counter() - pending.t0, self.store.url(pending.tag))
+        log.info(
+            "checkpoint %s committed %.1fs after it started -> %s",
+            pending.tag,
+            time.perf_counter() - pending.t0,
+            self.store.url(pending.tag),
+        )
 
     def _write_manifest(self, pending: "_Pending", entries: list) -> None:
         if not dist.is_main():
             return
         if self.before_commit is not None:
             self.before_commit()
-        manifest = {"step": pending.step, "tag": pending.tag, "time": time.time(),
-                    "world_size": dist.world_size(), "trainer": pending.trainer_state,
-                    "config_hash": self.config_hash, "objects": sorted(entries, key=lambda e: e["key"])}
+        manifest = {
+            "step": pending.step,
+            "tag": pending.tag,
+            "time": time.time(),
+            "world_size": dist.world_size(),
+            "trainer": pending.trainer_state,
+            "config_hash": self.config_hash,
+            "objects": sorted(entries, key=lambda e: e["key"]),
+        }
         self.store.write_text(f"{pending.tag}/{MANIFEST}", json.dumps(manifest, indent=1))
 
     def _publish(self, pending: "_Pending") -> None:
@@ -252,7 +281,7 @@ class CheckpointManager:
 
     def _retain(self, newest: int) -> None:
         steps = self.committed_steps()
-        keep = set(steps[-self.keep_last:]) if self.keep_last > 0 else set(steps)
+        keep = set(steps[-self.keep_last :]) if self.keep_last > 0 else set(steps)
         keep.add(newest)
         if self.keep_every:
             keep.update(s for s in steps if s % self.keep_every == 0)
@@ -334,7 +363,7 @@ class CheckpointManager:
         steps = sorted(committed)
         for step in reversed(steps):
             tag = tag_for(step)
-            manifest = from_main(lambda: self.read_manifest(step), f"reading the manifest of {tag}")
+            manifest = from_main(lambda step=step: self.read_manifest(step), f"reading the manifest of {tag}")
             root = self.staging if self.in_place else self.staging / "restore"
             try:
                 problems = dist.all_gather_object(self._fetch(manifest, root))
@@ -349,8 +378,11 @@ class CheckpointManager:
                     shutil.rmtree(root, ignore_errors=True)
             return state
         if steps:
-            log.warning("none of the %d committed checkpoints of %s verifies: starting from scratch", len(steps),
-                        self.store.url())
+            log.warning(
+                "none of the %d committed checkpoints of %s verifies: starting from scratch",
+                len(steps),
+                self.store.url(),
+            )
         return None
 
     def _my_objects(self, manifest: dict) -> list:
@@ -391,16 +423,20 @@ class CheckpointManager:
 
     def _load(self, root: Path, manifest: dict) -> dict:
         tag = manifest["tag"]
-        load_path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_module_strict=True,
-                                                              load_optimizer_states=True,
-                                                              load_lr_scheduler_states=True)
+        load_path, client_state = self.engine.load_checkpoint(
+            str(root), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {self.store.url(tag)}")
         if client_state.get("world_size") == dist.world_size():
             set_rng_state(client_state["rng"][dist.rank()])
         else:
-            log.warning("checkpoint %s was written by %s ranks, now %d: RNG streams are not restored",
-                        tag, client_state.get("world_size"), dist.world_size())
+            log.warning(
+                "checkpoint %s was written by %s ranks, now %d: RNG streams are not restored",
+                tag,
+                client_state.get("world_size"),
+                dist.world_size(),
+            )
         self.last_saved_step = manifest["step"]
         log.info("resumed from %s (step %d)", self.store.url(tag), manifest["step"])
         return client_state["trainer"]

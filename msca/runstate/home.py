@@ -1,14 +1,15 @@
 """A run's home in the store: the one place that identifies a run, whatever backend runs it.
 
-    <store.root>/runs/<name>/
-        config.yaml     resolved config (written by launch; read by every rank of every job)
-        launch.json     one entry per launch: overrides, git sha, user, host, time, backend
-        metrics.jsonl   training and validation metrics (rank 0)
-        tb/             TensorBoard event files
-        model.pt        final weights (fp32 state dict, timm names)
-        results.json    evaluation results; confusion.png, curves.png
-        checkpoints/    committed checkpoints (see msca.runstate.checkpoint)
+<store.root>/runs/<name>/
+    config.yaml     resolved config (written by launch; read by every rank of every job)
+    launch.json     one entry per launch: overrides, git sha, user, host, time, backend
+    metrics.jsonl   training and validation metrics (rank 0)
+    tb/             TensorBoard event files
+    model.pt        final weights (fp32 state dict, timm names)
+    results.json    evaluation results; confusion.png, curves.png
+    checkpoints/    committed checkpoints (see msca.runstate.checkpoint)
 """
+
 from __future__ import annotations
 
 import getpass

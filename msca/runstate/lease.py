@@ -7,6 +7,7 @@ the *same* job (same `job_key`: the SLURM job id, the Ray run, the local launch)
 once instead of waiting for it to expire. Every update is a compare-and-swap on the version read before it, so
 two contenders can never both believe they hold it.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ class LeaseHeld(RuntimeError):
 
 @dataclass
 class Holder:
-    job_key: str      # identifies a job across its attempts (requeues, retries)
-    attempt: str      # this attempt's id
+    job_key: str  # identifies a job across its attempts (requeues, retries)
+    attempt: str  # this attempt's id
     host: str
     pid: int
     backend: str
@@ -43,7 +44,7 @@ class Holder:
         it ran on this host and its process is gone, or it is a SLURM job that the scheduler no longer lists
         (neither running nor pending a requeue)."""
         if self.job_key.startswith("slurm-") and self.host != socket.gethostname():
-            return slurm_job_gone(self.job_key[len("slurm-"):])
+            return slurm_job_gone(self.job_key[len("slurm-") :])
         if self.host != socket.gethostname():
             return False
         try:
@@ -55,8 +56,10 @@ class Holder:
             return False
 
     def describe(self) -> str:
-        return (f"{self.backend} job {self.job_key} (attempt {self.attempt}, pid {self.pid} on {self.host}) since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}")
+        return (
+            f"{self.backend} job {self.job_key} (attempt {self.attempt}, pid {self.pid} on {self.host}) since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}"
+        )
 
 
 def slurm_job_gone(job_id: str) -> bool:
@@ -121,11 +124,16 @@ class Lease:
                 raise LeaseHeld(
                     f"run {self.store.url()} is held by {other.describe()}, renewed {age:.0f}s ago; wait for it "
                     f"to finish or stop it; if it died, relaunch after its lease expires "
-                    f"({self.ttl_s - age:.0f}s)")
+                    f"({self.ttl_s - age:.0f}s)"
+                )
             if other:
-                why = ("a previous attempt of this job" if other.job_key == self.holder.job_key else
-                       f"{other.describe()}, whose process is gone" if other.died_here() else
-                       f"{other.describe()}, silent for {age:.0f}s")
+                why = (
+                    "a previous attempt of this job"
+                    if other.job_key == self.holder.job_key
+                    else f"{other.describe()}, whose process is gone"
+                    if other.died_here()
+                    else f"{other.describe()}, silent for {age:.0f}s"
+                )
                 log.warning("taking over the run's lease from %s", why)
             if self.store.write_if_version(KEY, self._payload(now), version):
                 self._version = self.store.read_versioned(KEY)[1]

@@ -5,6 +5,7 @@ copy is the history: an attempt (perhaps on another machine with an empty cache)
 records up to the step it resumed from and drops the rest (they are recomputed), so every step appears exactly
 once however often the run was interrupted. TensorBoard gets the same cut through `purge_step`.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def history_until(store: Store, step: int) -> list[dict]:
 
 
 class MetricsLogger:
-    def __init__(self, local_dir: Path, store: Store, resume_step: int = 0, enabled: bool = True,
-                 tensorboard: bool = True):
+    def __init__(
+        self, local_dir: Path, store: Store, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True
+    ):
         """Appends to `local_dir/metrics.jsonl` after writing the store's history up to `resume_step` there
         (for a local store the two are the same file)."""
         self.enabled = enabled
@@ -51,8 +53,11 @@ class MetricsLogger:
             except ImportError:  # tensorboard is optional at run time
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(Path(local_dir) / "tb"), flush_secs=30,
-                                            purge_step=resume_step + 1 if resume_step else None)
+                self.writer = SummaryWriter(
+                    log_dir=str(Path(local_dir) / "tb"),
+                    flush_secs=30,
+                    purge_step=resume_step + 1 if resume_step else None,
+                )
 
     def log(self, kind: str, step: int, **values) -> None:
         if not self.enabled:

@@ -1,9 +1,10 @@
 """What one attempt of a training job holds while it runs (rank 0 only): the run's lease and its ledger record.
 
-    session = RunSession.open(home, hosts, world_size)    # raises LeaseHeld if another live job has the run
-    ...  session.ledger.restored(...), .first_step(), .committed(...)
-    session.close("finished" | "stopped" | "failed", error)
+session = RunSession.open(home, hosts, world_size)    # raises LeaseHeld if another live job has the run
+...  session.ledger.restored(...), .first_step(), .committed(...)
+session.close("finished" | "stopped" | "failed", error)
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,12 @@ class RunSession:
     def open(cls, home: RunHome, hosts: list, world_size: int) -> "RunSession":
         ledger = AttemptLedger(home.store, hosts, world_size)
         a = ledger.attempt
-        lease = Lease(home.store, Holder(job_key=a.job_key, attempt=a.id, host=socket.gethostname(),
-                                         pid=os.getpid(), backend=a.backend),
-                      ttl_s=LEASE_TTL_S, renew_s=max(1.0, LEASE_TTL_S / 6))
+        lease = Lease(
+            home.store,
+            Holder(job_key=a.job_key, attempt=a.id, host=socket.gethostname(), pid=os.getpid(), backend=a.backend),
+            ttl_s=LEASE_TTL_S,
+            renew_s=max(1.0, LEASE_TTL_S / 6),
+        )
         lease.acquire()  # before this attempt writes anything
         ledger.write()
         lease.start_renewing()

@@ -5,6 +5,7 @@ them waiting in the next collective until the process-group timeout. `agreed(fn,
 rank, then gathers one status per rank: if any rank failed, all raise `CollectiveError` naming the first
 failing rank and its error (the failing rank also logs its full traceback).
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Backends (local processes, submitit/srun, Ray Train) differ only in how they export RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT; once those are set, every job initialises the same way.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -62,29 +63,50 @@ def process_env(environ=None) -> dict:
             raise RendezvousError(f"SLURM task without {', '.join(missing)}: cannot place this rank")
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
         job_id = env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"]
-        out = dict(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local,
-                   LOCAL_WORLD_SIZE=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or None,
-                   MASTER_ADDR=first_host(env["SLURM_JOB_NODELIST"]), MASTER_PORT=slurm_port(job_id))
+        out = dict(
+            RANK=rank,
+            WORLD_SIZE=world,
+            LOCAL_RANK=local,
+            LOCAL_WORLD_SIZE=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or None,
+            MASTER_ADDR=first_host(env["SLURM_JOB_NODELIST"]),
+            MASTER_PORT=slurm_port(job_id),
+        )
         for key in ("RANK", "WORLD_SIZE"):  # set by hand or inherited from a launcher: must agree
             if key in env and int(env[key]) != out[key]:
-                raise RendezvousError(f"{key}={env[key]} contradicts SLURM's {out[key]} (unset it in the job's "
-                                      "environment, or run one task per rank under srun)")
+                raise RendezvousError(
+                    f"{key}={env[key]} contradicts SLURM's {out[key]} (unset it in the job's "
+                    "environment, or run one task per rank under srun)"
+                )
     elif "RANK" in env or "WORLD_SIZE" in env:
         missing = [k for k in TORCH_KEYS if not env.get(k)]
         if missing:
             raise RendezvousError(f"RANK/WORLD_SIZE set but {', '.join(missing)} missing")
-        out = dict(RANK=int(env["RANK"]), WORLD_SIZE=int(env["WORLD_SIZE"]), LOCAL_RANK=int(env["LOCAL_RANK"]),
-                   LOCAL_WORLD_SIZE=env.get("LOCAL_WORLD_SIZE"), MASTER_ADDR=env["MASTER_ADDR"],
-                   MASTER_PORT=int(env["MASTER_PORT"]))
+        out = dict(
+            RANK=int(env["RANK"]),
+            WORLD_SIZE=int(env["WORLD_SIZE"]),
+            LOCAL_RANK=int(env["LOCAL_RANK"]),
+            LOCAL_WORLD_SIZE=env.get("LOCAL_WORLD_SIZE"),
+            MASTER_ADDR=env["MASTER_ADDR"],
+            MASTER_PORT=int(env["MASTER_PORT"]),
+        )
     elif int(env.get("SLURM_NTASKS", "1")) > 1:
-        raise RendezvousError(f"inside SLURM job {env.get('SLURM_JOB_ID')} with {env['SLURM_NTASKS']} tasks but "
-                              "not in an srun task: start one process per rank with srun")
+        raise RendezvousError(
+            f"inside SLURM job {env.get('SLURM_JOB_ID')} with {env['SLURM_NTASKS']} tasks but "
+            "not in an srun task: start one process per rank with srun"
+        )
     else:  # a lone process: tests, notebooks, `python -m jobs` by hand
-        out = dict(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=int(env.get("MASTER_PORT") or free_port()))
+        out = dict(
+            RANK=0,
+            WORLD_SIZE=1,
+            LOCAL_RANK=0,
+            LOCAL_WORLD_SIZE=1,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=int(env.get("MASTER_PORT") or free_port()),
+        )
     if not 0 <= out["RANK"] < out["WORLD_SIZE"] or not 0 <= out["LOCAL_RANK"] < out["WORLD_SIZE"]:
-        raise RendezvousError(f"rank {out['RANK']} / local rank {out['LOCAL_RANK']} outside world size "
-                              f"{out['WORLD_SIZE']}")
+        raise RendezvousError(
+            f"rank {out['RANK']} / local rank {out['LOCAL_RANK']} outside world size {out['WORLD_SIZE']}"
+        )
     return {k: str(v) for k, v in out.items() if v is not None}
 
 
@@ -151,8 +173,10 @@ def local_device(local_rank: int, visible: int) -> int:
     if visible == 1:
         return 0
     if local_rank >= visible:
-        raise RendezvousError(f"local rank {local_rank} but only {visible} visible GPU(s) "
-                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): one task per GPU")
+        raise RendezvousError(
+            f"local rank {local_rank} but only {visible} visible GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): one task per GPU"
+        )
     return local_rank
 
 
@@ -221,8 +245,12 @@ def is_console(handler: logging.Handler) -> bool:
     """A host's handler that already prints to this process's stdout/stderr (Ray's PlainRayHandler does)."""
     if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
         return False
-    return type(handler).__name__ == "PlainRayHandler" or handler.stream in (sys.stdout, sys.stderr,
-                                                                             sys.__stdout__, sys.__stderr__)
+    return type(handler).__name__ == "PlainRayHandler" or handler.stream in (
+        sys.stdout,
+        sys.stderr,
+        sys.__stdout__,
+        sys.__stderr__,
+    )
 
 
 def setup_logging(level: int = logging.INFO) -> None:

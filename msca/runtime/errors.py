@@ -6,6 +6,7 @@ A *deterministic* error is one a retry on the same inputs would hit again (Ray d
 group for it); a dropped connection is the user's to know about but worth a retry. Light on purpose (no torch):
 SLURM tasks import it before their signal handlers are in place.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,10 +37,27 @@ def is_user_error(err: BaseException) -> bool:
 # files or buckets, refused credentials, a run held by another live job, and a checkpoint whose tensors do not
 # fit the model (torch's "size mismatch" / "Error(s) in loading state_dict", raised as RuntimeError, which
 # otherwise means a transient fault worth a retry).
-DETERMINISTIC = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError", "PermissionError",
-                 "NotADirectoryError", "IsADirectoryError", "RendezvousError", "ConfigMismatch", "StoreAuthError",
-                 "BucketNotFoundError", "LeaseHeld", "ValidationError", "ConfigKeyError", "ConfigTypeError",
-                 "ConfigAttributeError", "MissingMandatoryValue", "InterpolationResolutionError"}
+DETERMINISTIC = {
+    "ValueError",
+    "TypeError",
+    "KeyError",
+    "LookupError",
+    "FileNotFoundError",
+    "PermissionError",
+    "NotADirectoryError",
+    "IsADirectoryError",
+    "RendezvousError",
+    "ConfigMismatch",
+    "StoreAuthError",
+    "BucketNotFoundError",
+    "LeaseHeld",
+    "ValidationError",
+    "ConfigKeyError",
+    "ConfigTypeError",
+    "ConfigAttributeError",
+    "MissingMandatoryValue",
+    "InterpolationResolutionError",
+}
 INCOMPATIBLE = re.compile(r"size mismatch for |Error\(s\) in loading state_dict")
 _COLLECTIVE = re.compile(r"failed on rank \d+: (\w+): ")
 

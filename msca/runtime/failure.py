@@ -8,6 +8,7 @@ Expected failures (an unreachable store, bad credentials, a missing bucket, bad 
 value) are one line in the rank's log, no traceback: they are the user's to fix, not bugs. Anything else is
 a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,16 @@ def record(err: BaseException) -> None:
     if not folder:
         return
     rank = os.environ.get("RANK", "0")
-    entry = {"time": time.time(), "rank": int(rank), "host": socket.gethostname(), "error": one_line(err),
-             "where": locate(err), "expected": is_user_error(err),
-             "collateral": is_collateral(err), "traceback": "".join(traceback.format_exception(err))}
+    entry = {
+        "time": time.time(),
+        "rank": int(rank),
+        "host": socket.gethostname(),
+        "error": one_line(err),
+        "where": locate(err),
+        "expected": is_user_error(err),
+        "collateral": is_collateral(err),
+        "traceback": "".join(traceback.format_exception(err)),
+    }
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank{rank}.error.json").write_text(json.dumps(entry, indent=1))
@@ -56,8 +64,9 @@ def is_collateral(err: BaseException) -> bool:
     from msca.runtime.collective import CollectiveError
 
     text = str(err).lower()
-    return isinstance(err, CollectiveError) or any(s in text for s in (
-        "connection closed by peer", "connection reset by peer", "broken pipe", "socket closed"))
+    return isinstance(err, CollectiveError) or any(
+        s in text for s in ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed")
+    )
 
 
 def record_end(code: int) -> None:

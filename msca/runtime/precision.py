@@ -5,6 +5,7 @@ your device."), after the run home is written and the ranks have started. Asking
 `launch.py` refuse at validation, in one line naming the option, and lets a rank on another machine (SLURM,
 Ray) refuse the same way before it builds anything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,10 @@ def precision_problem(precision: str, zero_stage: int = 0, accelerator=None) -> 
     usable = [f"deepspeed=zero{zero_stage}"]
     if precision_problem(other, zero_stage, accelerator) is None:
         usable.append(f"deepspeed=zero{zero_stage}_{other}")
-    return (f"deepspeed.precision={precision} cannot run on {describe_device(accelerator)}: "
-            f"{why_unsupported(precision, accelerator)}; use {' or '.join(usable)}")
+    return (
+        f"deepspeed.precision={precision} cannot run on {describe_device(accelerator)}: "
+        f"{why_unsupported(precision, accelerator)}; use {' or '.join(usable)}"
+    )
 
 
 def check_precision(precision: str, zero_stage: int = 0) -> None:

@@ -1,6 +1,7 @@
 """Stop requests (SIGTERM from a scheduler or the local backend, SIGUSR2 before a time limit, Ctrl-C): the
 handler only sets a flag; the training loop checks it at step boundaries, all ranks agree on it in one
 all-reduce, save a checkpoint together and exit. Nothing is saved inside a signal handler."""
+
 from __future__ import annotations
 
 import logging

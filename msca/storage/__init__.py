@@ -4,6 +4,7 @@ Frames, list files, run homes and checkpoints all go through a `Store` rooted at
 relative to that root, so the same code runs against a shared filesystem or any S3-compatible server.
 `base` (the interface and its errors), `local` (a directory), `s3` (the only importer of boto3).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,17 @@ from msca.storage.base import BucketNotFoundError, Store, StoreAuthError, is_rem
 from msca.storage.local import LocalStore
 from msca.storage.s3 import ENDPOINT_ENV_VARS, RETRY_S, S3Store, _S3Conn
 
-__all__ = ["BucketNotFoundError", "ENDPOINT_ENV_VARS", "LocalStore", "RETRY_S", "S3Store", "Store",
-           "StoreAuthError", "is_remote", "open_store"]
+__all__ = [
+    "BucketNotFoundError",
+    "ENDPOINT_ENV_VARS",
+    "LocalStore",
+    "RETRY_S",
+    "S3Store",
+    "Store",
+    "StoreAuthError",
+    "is_remote",
+    "open_store",
+]
 
 
 def open_store(uri: Union[str, os.PathLike], endpoint_url: Optional[str] = None, **s3_options) -> "Store":
@@ -26,12 +36,12 @@ def open_store(uri: Union[str, os.PathLike], endpoint_url: Optional[str] = None,
     """
     uri = str(uri)
     if is_remote(uri):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
         return S3Store(bucket, prefix.strip("/"), _S3Conn(endpoint_url, s3_options))
     if s3_options:
         raise TypeError(f"S3 options {sorted(s3_options)} given for a local path {uri!r}")
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return LocalStore(os.path.abspath(os.path.expanduser(uri)))

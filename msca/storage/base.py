@@ -1,6 +1,7 @@
 """The `Store` interface: a root URI plus '/'-separated keys, the errors every store raises, and the per-process
 thread pool that many-key reads and writes share (executor threads do not survive a fork, so the pool is keyed
 by pid)."""
+
 from __future__ import annotations
 
 import os
@@ -52,23 +53,49 @@ def _pool(max_workers: int) -> ThreadPoolExecutor:
 
 class Store:
     """A root URI plus '/'-separated keys relative to it. Subclasses: `LocalStore`, `S3Store`."""
+
     uri: str
 
     # --- per-backend primitives -------------------------------------------------------------------------------
-    def child(self, key: str) -> "Store": raise NotImplementedError
-    def url(self, key: str = "") -> str: raise NotImplementedError
-    def exists(self, key: str) -> bool: raise NotImplementedError
-    def read_bytes(self, key: str) -> bytes: raise NotImplementedError
-    def write_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
-    def list(self, prefix: str = "") -> list: raise NotImplementedError
-    def size(self, key: str) -> int: raise NotImplementedError
-    def delete(self, key: str) -> None: raise NotImplementedError
-    def upload_file(self, local_path: str, key: str) -> None: raise NotImplementedError
-    def download_file(self, key: str, local_path: str) -> None: raise NotImplementedError
+    def child(self, key: str) -> "Store":
+        raise NotImplementedError
+
+    def url(self, key: str = "") -> str:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> list:
+        raise NotImplementedError
+
+    def size(self, key: str) -> int:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def upload_file(self, local_path: str, key: str) -> None:
+        raise NotImplementedError
+
+    def download_file(self, key: str, local_path: str) -> None:
+        raise NotImplementedError
+
     # Conditional writes (leases): a version is an opaque token of one object's content (S3: its ETag).
-    def read_versioned(self, key: str) -> Tuple[bytes, str]: raise NotImplementedError
-    def write_if_absent(self, key: str, data: bytes) -> bool: raise NotImplementedError
-    def write_if_version(self, key: str, data: bytes, version: str) -> bool: raise NotImplementedError
+    def read_versioned(self, key: str) -> Tuple[bytes, str]:
+        raise NotImplementedError
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def write_if_version(self, key: str, data: bytes, version: str) -> bool:
+        raise NotImplementedError
 
     # --- shared helpers -----------------------------------------------------------------------------------------
     def read_text(self, key: str, encoding: str = "utf-8") -> str:
@@ -98,8 +125,9 @@ class Store:
         """Start reading `key` in the background; the future's result is the bytes or the exception."""
         return _pool(max_workers).submit(self._read_or_error, key)
 
-    def iter_many(self, keys: Sequence[str], max_workers: int = 8,
-                  started: Optional[dict] = None) -> Iterator[Tuple[int, object]]:
+    def iter_many(
+        self, keys: Sequence[str], max_workers: int = 8, started: Optional[dict] = None
+    ) -> Iterator[Tuple[int, object]]:
         """Like `read_many`, but yields (position, bytes | exception) as each read completes, so a caller can
         decode one frame while the others are still in flight. `started` maps keys to futures from
         `submit_read` (read-ahead); those are used instead of new reads."""

@@ -1,5 +1,6 @@
 """`LocalStore`: a directory on a local or shared filesystem, with the same atomic writes and conditional
 writes (for the lease) as an object store."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,7 @@ class LocalStore(Store):
         path = self._path(key)
         tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            for attempt in range(3):        # a concurrent delete() may prune the folder we just made
+            for attempt in range(3):  # a concurrent delete() may prune the folder we just made
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 try:
                     with open(tmp, "wb") as f:
@@ -68,7 +69,7 @@ class LocalStore(Store):
         for dirpath, _, files in os.walk(base):
             rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for name in files:
-                if ".tmp-" in name:       # an in-flight atomic write
+                if ".tmp-" in name:  # an in-flight atomic write
                     continue
                 out.append(name if rel == "." else f"{rel}/{name}")
         return sorted(out)

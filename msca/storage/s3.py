@@ -35,26 +35,47 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-log = logging.getLogger(__name__)
-
-
 from msca.storage.base import BucketNotFoundError, Store, StoreAuthError, atomic_copy, clean_key
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 ENDPOINT_ENV_VARS = ("MSCA_S3_ENDPOINT", "AWS_ENDPOINT_URL")
-_CRED_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for this server, and "
-              "MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) for an S3-compatible endpoint")
-_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-               "403", "Forbidden", "AuthorizationHeaderMalformed", "InvalidSecurity"}
+_CRED_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for this server, and "
+    "MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) for an S3-compatible endpoint"
+)
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+    "Forbidden",
+    "AuthorizationHeaderMalformed",
+    "InvalidSecurity",
+}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-_BIG = 64 * 1024 * 1024          # above this, whole-object reads/writes go through ranged/multipart transfers
+_BIG = 64 * 1024 * 1024  # above this, whole-object reads/writes go through ranged/multipart transfers
 # Riding through outages: every S3 operation retries transient failures (refused or dropped connections,
 # timeouts, 5xx, throttling) with backoff until its own deadline, then fails with one line naming the endpoint.
 # Per operation, not a shared quota: a burst of 64 concurrent frame reads during a restart cannot exhaust it.
 RETRY_S = float(os.environ.get("MSCA_S3_RETRY_S", "60"))
-_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout",
-                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+_TRANSIENT_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "InternalError",
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+}
 
 
 class _S3Conn:
@@ -62,17 +83,19 @@ class _S3Conn:
 
     def __init__(self, endpoint_url: Optional[str], options: dict):
         opts = dict(options)
-        self.endpoint_url = endpoint_url or next((os.environ[v] for v in ENDPOINT_ENV_VARS if os.environ.get(v)),
-                                                 None)
-        self.session_kwargs = {k: opts.pop(k) for k in ("aws_access_key_id", "aws_secret_access_key",
-                                                        "aws_session_token", "profile_name") if k in opts}
+        self.endpoint_url = endpoint_url or next((os.environ[v] for v in ENDPOINT_ENV_VARS if os.environ.get(v)), None)
+        self.session_kwargs = {
+            k: opts.pop(k)
+            for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile_name")
+            if k in opts
+        }
         self.region_name = opts.pop("region_name", None)
         self.max_attempts = int(opts.pop("max_attempts", 8))
         self.max_pool_connections = int(opts.pop("max_pool_connections", 64))
         self.addressing_style = opts.pop("addressing_style", "path" if self.endpoint_url else "auto")
         self.transfer_concurrency = int(opts.pop("transfer_concurrency", 8))
         self.use_fast_get = bool(opts.pop("fast_get", os.environ.get("MSCA_S3_FAST_GET", "1") != "0"))
-        self.retry_s = float(opts.pop("retry_s", RETRY_S))       # per-operation deadline for transient errors
+        self.retry_s = float(opts.pop("retry_s", RETRY_S))  # per-operation deadline for transient errors
         self.read_timeout = float(opts.pop("read_timeout", 20))  # a silent server is noticed within this
         if opts:
             raise TypeError(f"unknown S3 options: {sorted(opts)}")
@@ -87,8 +110,9 @@ class _S3Conn:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_client=None, _pid=None, _lock=None, _session=None, _local=None, _signing_keys={},
-                     checked_buckets=set())
+        state.update(
+            _client=None, _pid=None, _lock=None, _session=None, _local=None, _signing_keys={}, checked_buckets=set()
+        )
         return state
 
     def __setstate__(self, state):
@@ -103,25 +127,31 @@ class _S3Conn:
     def client(self):
         if self._client is None or self._pid != os.getpid():
             if self._pid != os.getpid():
-                self._lock = threading.Lock()   # a lock copied mid-acquire by fork would deadlock
+                self._lock = threading.Lock()  # a lock copied mid-acquire by fork would deadlock
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
                     session = boto3.session.Session(**self.session_kwargs)
                     region = self.region_name or session.region_name or "us-east-1"
                     self._session, self.region = session, region
                     # botocore's own retries are off: `S3Store._call` retries each operation up to its deadline
-                    cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                                 max_pool_connections=self.max_pool_connections,
-                                 s3={"addressing_style": self.addressing_style},
-                                 connect_timeout=5, read_timeout=self.read_timeout)
-                    self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region,
-                                                  config=cfg)
+                    cfg = Config(
+                        retries={"total_max_attempts": 1, "mode": "standard"},
+                        max_pool_connections=self.max_pool_connections,
+                        s3={"addressing_style": self.addressing_style},
+                        connect_timeout=5,
+                        read_timeout=self.read_timeout,
+                    )
+                    self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
                     self._pid = os.getpid()
         return self._client
 
     def transfer_config(self) -> TransferConfig:
-        return TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024,
-                              max_concurrency=self.transfer_concurrency, use_threads=True)
+        return TransferConfig(
+            multipart_threshold=16 * 1024 * 1024,
+            multipart_chunksize=16 * 1024 * 1024,
+            max_concurrency=self.transfer_concurrency,
+            use_threads=True,
+        )
 
     # --- lean signed GET (see the module docstring) ---------------------------------------------------------
     def _target(self, bucket: str, key: str) -> Tuple[str, str, int, bool, str]:
@@ -146,15 +176,17 @@ class _S3Conn:
         k = (os.getpid(), host, port, https)
         conns = getattr(local, "conns", None)
         if conns is None or getattr(local, "pid", None) != os.getpid():
-            conns = local.conns = {}     # a forked child must not share its parent's sockets
+            conns = local.conns = {}  # a forked child must not share its parent's sockets
             local.pid = os.getpid()
         c = conns.get(k)
         if c is None or fresh:
             if c is not None:
                 c.close()
-            c = conns[k] = (http.client.HTTPSConnection(host, port, timeout=self.read_timeout,
-                                                        context=ssl.create_default_context()) if https
-                            else http.client.HTTPConnection(host, port, timeout=self.read_timeout))
+            c = conns[k] = (
+                http.client.HTTPSConnection(host, port, timeout=self.read_timeout, context=ssl.create_default_context())
+                if https
+                else http.client.HTTPConnection(host, port, timeout=self.read_timeout)
+            )
         return c
 
     def _signing_key(self, secret: str, date: str) -> bytes:
@@ -172,7 +204,7 @@ class _S3Conn:
         Bodies above the big-object threshold are not read (status None)."""
         if not self.use_fast_get:
             return None, b""
-        self.client()                                   # resolves session + region for this process
+        self.client()  # resolves session + region for this process
         creds = self._session.get_credentials()
         if creds is None:
             return None, b""
@@ -184,13 +216,15 @@ class _S3Conn:
             headers["x-amz-security-token"] = creds.token
         names = ";".join(sorted(headers))
         canonical = "GET\n{}\n\n{}\n{}\nUNSIGNED-PAYLOAD".format(
-            path, "".join(f"{n}:{headers[n]}\n" for n in sorted(headers)), names)
+            path, "".join(f"{n}:{headers[n]}\n" for n in sorted(headers)), names
+        )
         scope = f"{amz[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         sig = hmac.new(self._signing_key(creds.secret_key, amz[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-                                    f"SignedHeaders={names}, Signature={sig}")
-        for attempt in range(2):     # a keep-alive connection the server closed fails once: reconnect
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={names}, Signature={sig}"
+        )
+        for attempt in range(2):  # a keep-alive connection the server closed fails once: reconnect
             conn = self._connection(connect_host, port, https, fresh=attempt > 0)
             try:
                 conn.request("GET", path, headers=headers)
@@ -210,13 +244,22 @@ class _S3Conn:
 
 def _transient(e: Exception) -> bool:
     """Worth retrying: the server was unreachable, slow, overloaded or failing -- not a 'no' (auth, missing)."""
-    if isinstance(e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
-                      botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
-                      botocore.exceptions.ResponseStreamingError, boto3.exceptions.RetriesExceededError)):
+    if isinstance(
+        e,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ResponseStreamingError,
+            boto3.exceptions.RetriesExceededError,
+        ),
+    ):
         return True
     if isinstance(e, boto3.exceptions.S3UploadFailedError):  # wraps the part's error as text
-        return not any(c in str(e) for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                             "NoSuchBucket"))
+        return not any(
+            c in str(e) for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket")
+        )
     if isinstance(e, botocore.exceptions.ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -254,19 +297,25 @@ class S3Store(Store):
         if isinstance(e, botocore.exceptions.NoCredentialsError):
             return StoreAuthError(f"no S3 credentials found for {where}: {_CRED_HINT}")
         if isinstance(e, botocore.exceptions.EndpointConnectionError):
-            return ConnectionError(f"cannot reach the S3 endpoint for {where} ({e}); is the server running? "
-                                   f"Set MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) to its URL")
+            return ConnectionError(
+                f"cannot reach the S3 endpoint for {where} ({e}); is the server running? "
+                f"Set MSCA_S3_ENDPOINT (or AWS_ENDPOINT_URL) to its URL"
+            )
         if not isinstance(e, botocore.exceptions.ClientError):
             return e
         err = e.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchBucket":
-            return BucketNotFoundError(f"bucket {self.bucket!r} does not exist on {self.conn.where} "
-                                       f"(while accessing {what}); create it or fix the URI")
+            return BucketNotFoundError(
+                f"bucket {self.bucket!r} does not exist on {self.conn.where} "
+                f"(while accessing {what}); create it or fix the URI"
+            )
         if code in _AUTH_CODES or status == 403:
-            return StoreAuthError(f"S3 refused our credentials for bucket {self.bucket!r} on {self.conn.where} "
-                                  f"({code or status}: {err.get('Message', '')}); {_CRED_HINT}")
+            return StoreAuthError(
+                f"S3 refused our credentials for bucket {self.bucket!r} on {self.conn.where} "
+                f"({code or status}: {err.get('Message', '')}); {_CRED_HINT}"
+            )
         if code in _MISSING_CODES or status == 404:
             if key is not None:
                 self._check_bucket()
@@ -282,8 +331,9 @@ class S3Store(Store):
         except botocore.exceptions.ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound"):
-                raise BucketNotFoundError(f"bucket {self.bucket!r} does not exist on {self.conn.where}; "
-                                          f"create it or fix the URI") from None
+                raise BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist on {self.conn.where}; create it or fix the URI"
+                ) from None
             raise self._error(e, None) from None
         self.conn.checked_buckets.add(self.bucket)
 
@@ -294,15 +344,20 @@ class S3Store(Store):
         while True:
             try:
                 return fn(**kw)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
-                    boto3.exceptions.S3UploadFailedError, boto3.exceptions.RetriesExceededError) as e:
+            except (
+                botocore.exceptions.ClientError,
+                botocore.exceptions.BotoCoreError,
+                boto3.exceptions.S3UploadFailedError,
+                boto3.exceptions.RetriesExceededError,
+            ) as e:
                 left = deadline - time.monotonic()
                 if not _transient(e) or left <= 0:
                     if _transient(e):
                         raise ConnectionError(
                             f"the S3 endpoint {self.conn.where} did not answer {self.url(key or '')} for "
                             f"{self.conn.retry_s:.0f}s ({_short(e)}); is the server up and reachable? "
-                            f"(MSCA_S3_RETRY_S sets how long to wait)") from None
+                            f"(MSCA_S3_RETRY_S sets how long to wait)"
+                        ) from None
                     raise self._error(e, key) from e
                 if not warned:
                     log.warning("S3 endpoint %s: %s; retrying for up to %.0fs", self.conn.where, _short(e), left)
@@ -329,17 +384,25 @@ class S3Store(Store):
             return body
         if status == 404:
             if b"NoSuchBucket" in body:
-                raise BucketNotFoundError(f"bucket {self.bucket!r} does not exist on {self.conn.where} "
-                                          f"(while accessing {self.url(key)}); create it or fix the URI")
+                raise BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist on {self.conn.where} "
+                    f"(while accessing {self.url(key)}); create it or fix the URI"
+                )
             raise FileNotFoundError(f"{self.url(key)}: no such object on {self.conn.where}")
-        c = self.conn.client()                          # anything else: boto3 (retries, error mapping)
+        c = self.conn.client()  # anything else: boto3 (retries, error mapping)
         resp = self._call(c.get_object, key, _started=started, Bucket=self.bucket, Key=self._key(key))
         n = resp.get("ContentLength", 0)
-        if n > _BIG:    # parallel ranged GETs for big objects (checkpoints)
+        if n > _BIG:  # parallel ranged GETs for big objects (checkpoints)
             resp["Body"].close()
             buf = io.BytesIO()
-            self._call(c.download_fileobj, key, Bucket=self.bucket, Key=self._key(key), Fileobj=buf,
-                       Config=self.conn.transfer_config())
+            self._call(
+                c.download_fileobj,
+                key,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Fileobj=buf,
+                Config=self.conn.transfer_config(),
+            )
             return buf.getvalue()
         try:
             return resp["Body"].read()
@@ -349,8 +412,14 @@ class S3Store(Store):
     def write_bytes(self, key: str, data: bytes) -> None:
         c = self.conn.client()
         if len(data) > _BIG:
-            self._call(c.upload_fileobj, key, Fileobj=io.BytesIO(data), Bucket=self.bucket, Key=self._key(key),
-                       Config=self.conn.transfer_config())
+            self._call(
+                c.upload_fileobj,
+                key,
+                Fileobj=io.BytesIO(data),
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Config=self.conn.transfer_config(),
+            )
         else:
             self._call(c.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=data)
 
@@ -360,8 +429,7 @@ class S3Store(Store):
         strip = len(f"{self.prefix}/") if self.prefix else 0
 
         def list_all() -> list:  # retried whole: a listing interrupted half-way starts again
-            pages = self.conn.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                                 Prefix=s3_prefix)
+            pages = self.conn.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=s3_prefix)
             return [o["Key"][strip:] for page in pages for o in page.get("Contents", ())]
 
         return sorted(self._call(list_all, prefix))
@@ -377,12 +445,14 @@ class S3Store(Store):
         keys = self.list(prefix)
         c = self.conn.client()
         for i in range(0, len(keys), 1000):
-            objs = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            objs = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             resp = self._call(c.delete_objects, prefix, Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True})
             if resp.get("Errors"):  # the request succeeded, some keys did not: say which
                 e = resp["Errors"][0]
-                raise OSError(f"could not delete {len(resp['Errors'])} object(s) under {self.url(prefix)}, e.g. "
-                              f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}")
+                raise OSError(
+                    f"could not delete {len(resp['Errors'])} object(s) under {self.url(prefix)}, e.g. "
+                    f"{e.get('Key')}: {e.get('Code')} {e.get('Message', '')}"
+                )
         return len(keys)
 
     def read_versioned(self, key: str) -> Tuple[bytes, str]:
@@ -415,11 +485,26 @@ class S3Store(Store):
     def upload_file(self, local_path: str, key: str) -> None:
         """Multipart + parallel above 16 MiB (boto3's transfer manager)."""
         c = self.conn.client()
-        self._call(c.upload_file, key, Filename=str(local_path), Bucket=self.bucket, Key=self._key(key),
-                   Config=self.conn.transfer_config())
+        self._call(
+            c.upload_file,
+            key,
+            Filename=str(local_path),
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Config=self.conn.transfer_config(),
+        )
 
     def download_file(self, key: str, local_path: str) -> None:
         """Parallel ranged GETs above 16 MiB; the local file appears atomically."""
         c = self.conn.client()
-        atomic_copy(lambda tmp: self._call(c.download_file, key, Bucket=self.bucket, Key=self._key(key),
-                                            Filename=tmp, Config=self.conn.transfer_config()), str(local_path))
+        atomic_copy(
+            lambda tmp: self._call(
+                c.download_file,
+                key,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Filename=tmp,
+                Config=self.conn.transfer_config(),
+            ),
+            str(local_path),
+        )

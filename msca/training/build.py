@@ -1,5 +1,6 @@
 """The configured model: a preset of `msca.model`, the config's overrides, and pretrained weights read through
 the store (a path or an s3:// URI)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,18 @@ from msca.storage import open_store
 
 def model_overrides(model_cfg: DictConfig, num_classes: int) -> dict:
     """The model section as create_model keywords: unset (None) fields keep the preset's value."""
-    keys = ("num_frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "shift", "shift_div",
-            "drop_path_rate")
+    keys = (
+        "num_frames",
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "shift",
+        "shift_div",
+        "drop_path_rate",
+    )
     out = {k: model_cfg[k] for k in keys if model_cfg[k] is not None}
     out["num_classes"] = model_cfg.num_classes or num_classes
     return out

@@ -4,6 +4,7 @@ The original averages per-view logits (already averaged over T by the model) and
 we do the same, gather every rank's per-video scores, and compute everything from the gathered table so
 the numbers do not depend on the number of ranks.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(forward, loader, device: torch.device, dtype: torch.dtype = torch.float32,
-            stop: Optional[Callable[[], int]] = None) -> Predictions:
+def predict(
+    forward, loader, device: torch.device, dtype: torch.dtype = torch.float32, stop: Optional[Callable[[], int]] = None
+) -> Predictions:
     """Run `forward` ((B', T, 3, H, W) -> (B', K)) on every batch of views of this rank's videos.
     `stop` (collective: every rank runs the same number of batches) is asked before each batch; a signal number
     ends the evaluation with EvaluationInterrupted, so a stop never waits for a long evaluation."""
@@ -109,7 +111,8 @@ def evaluate_dataset(forward, dataset, cfg, device, dtype, stop=None) -> dict:
     """Every rank predicts its shard; everyone gets the summary of all videos. Shards are padded to one
     length so every rank runs the same forwards (collectives under ZeRO-3); the repeats are dropped."""
     idx, real = padded_shard(len(dataset), dist.rank(), dist.world_size())
-    loader = build_loader(dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers,
-                          pin_memory=torch.cuda.is_available())
+    loader = build_loader(
+        dataset, idx, cfg.data.eval_batch_size, cfg.data.num_workers, pin_memory=torch.cuda.is_available()
+    )
     pred = gather(predict(forward, loader, device, dtype, stop=stop).head(real))
     return summarize(pred, dataset.num_classes, getattr(dataset, "class_names", None))

@@ -9,6 +9,7 @@ Which object holds the masters depends on the configuration:
     (FP16_Optimizer, with fused Adam, one flat fp32 buffer per group); no link exists, so we pair them here.
   * fp32 without ZeRO: the module's parameters are the masters.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,15 @@ def unlinked_masters(optimizer) -> dict[int, torch.Tensor]:
     from torch._utils import _unflatten_dense_tensors
 
     if isinstance(optimizer, FP16_UnfusedOptimizer):
-        return {id(lp): hp for lps, hps in zip(optimizer.fp16_groups, optimizer.fp32_groups) for lp, hp in zip(lps, hps)}
+        return {
+            id(lp): hp for lps, hps in zip(optimizer.fp16_groups, optimizer.fp32_groups) for lp, hp in zip(lps, hps)
+        }
     if isinstance(optimizer, FP16_Optimizer):
-        return {id(lp): hp for lps, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)
-                for lp, hp in zip(lps, _unflatten_dense_tensors(flat, lps))}
+        return {
+            id(lp): hp
+            for lps, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)
+            for lp, hp in zip(lps, _unflatten_dense_tensors(flat, lps))
+        }
     return {}
 
 

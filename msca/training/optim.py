@@ -3,6 +3,7 @@
 Torch optimizers are passed to DeepSpeed (no fused/CPU-Adam op compilation); the schedule is a LambdaLR
 stepped by DeepSpeed once per optimizer step, so a resumed run continues it from the checkpoint.
 """
+
 from __future__ import annotations
 
 import math

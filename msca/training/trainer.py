@@ -3,6 +3,7 @@
 Every rank runs the same code. Progress is counted in optimizer steps and in samples consumed per rank
 within the epoch, which is all a checkpoint needs for the sampler to resume mid-epoch exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,6 +33,7 @@ from msca.training.evaluation import evaluate_dataset
 from msca.training.optim import build_optimizer, build_scheduler, deepspeed_config
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainState:
@@ -63,8 +65,14 @@ class Trainer:
         self.sampler = ResumableDistributedSampler(
             len(self.train_set), dist.rank(), dist.world_size(), seed=cfg.seed, shuffle=True, drop_last=True
         )
-        self.loader = build_loader(self.train_set, self.sampler, cfg.data.batch_size, cfg.data.num_workers,
-                                   drop_last=True, pin_memory=torch.cuda.is_available())
+        self.loader = build_loader(
+            self.train_set,
+            self.sampler,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+        )
         per_rank = len(self.sampler)
         self.micro_per_epoch = (per_rank // cfg.data.batch_size) // cfg.train.grad_accum * cfg.train.grad_accum
         self.steps_per_epoch = self.micro_per_epoch // cfg.train.grad_accum
@@ -82,11 +90,19 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
         )
         dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
-        self.ckpt = CheckpointManager(self.engine, home, every_steps=cfg.checkpoint.every_steps,
-                                      every_minutes=cfg.checkpoint.every_minutes, keep_last=cfg.checkpoint.keep_last,
-                                      keep_every=cfg.checkpoint.keep_every, config_hash=identity_hash(cfg),
-                                      background=cfg.checkpoint.background, staging_dir=cfg.checkpoint.staging_dir,
-                                      before_commit=self._before_commit, on_commit=self._on_commit)
+        self.ckpt = CheckpointManager(
+            self.engine,
+            home,
+            every_steps=cfg.checkpoint.every_steps,
+            every_minutes=cfg.checkpoint.every_minutes,
+            keep_last=cfg.checkpoint.keep_last,
+            keep_every=cfg.checkpoint.keep_every,
+            config_hash=identity_hash(cfg),
+            background=cfg.checkpoint.background,
+            staging_dir=cfg.checkpoint.staging_dir,
+            before_commit=self._before_commit,
+            on_commit=self._on_commit,
+        )
         t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
         self.state = TrainState(**restored) if restored else TrainState()
@@ -102,8 +118,14 @@ class Trainer:
             session.ledger.restored(self.state.step, time.perf_counter() - t_restore, self.total_steps)
         log.info(
             "model %s (%.2fM params) | %d train clips, %d ranks x %d clips x %d accum -> %d steps/epoch, %d steps",
-            cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, len(self.train_set),
-            dist.world_size(), cfg.data.batch_size, cfg.train.grad_accum, self.steps_per_epoch, self.total_steps,
+            cfg.model.name,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            len(self.train_set),
+            dist.world_size(),
+            cfg.data.batch_size,
+            cfg.train.grad_accum,
+            self.steps_per_epoch,
+            self.total_steps,
         )
 
     # ----------------------------------------------------------------------------------------- training
@@ -143,8 +165,9 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                     clips_s = (state.step - first_step) * self.clips_per_step / (time.perf_counter() - t_start)
-                    progress.set_postfix(epoch=state.epoch + 1, loss=f"{window[-1]:.3f}", clips_s=f"{clips_s:.1f}",
-                                         refresh=False)
+                    progress.set_postfix(
+                        epoch=state.epoch + 1, loss=f"{window[-1]:.3f}", clips_s=f"{clips_s:.1f}", refresh=False
+                    )
                 if state.step % cfg.train.log_every == 0 or state.step == self.total_steps:
                     t0 = self._log_train(window, t0)
                     window = []
@@ -177,8 +200,9 @@ class Trainer:
     def _stop(self, signum: int) -> None:
         """Commit this state (unless it is the start: nothing to save) and end the job as stopped."""
         if self.state.step > 0:
-            log.warning("stop requested (%s): saving step %d before exiting", signal.Signals(signum).name,
-                        self.state.step)
+            log.warning(
+                "stop requested (%s): saving step %d before exiting", signal.Signals(signum).name, self.state.step
+            )
             self.ckpt.save(self.state.step, asdict(self.state))  # a no-op if this step is the restored one
         else:
             log.warning("stop requested (%s) before the first step: nothing to save", signal.Signals(signum).name)
@@ -219,8 +243,14 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.state.step, desc=f"train {self.cfg.model.name}",
-                    unit="step", dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+        return tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc=f"train {self.cfg.model.name}",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0 if os.isatty(2) else 30.0,
+        )
 
     # --------------------------------------------------------------------------------------- evaluation
     def validate(self) -> dict:
@@ -228,8 +258,13 @@ class Trainer:
         res = self.evaluate_split(self.val_set)
         out = {"epoch": self.state.epoch, "top1": res["top1"], "top5": res["top5"], "num_videos": res["num_videos"]}
         self.metrics.log("val", self.state.step, **out)
-        log.info("epoch %d val top-1 %.2f%% top-5 %.2f%% (%d videos)", self.state.epoch, 100 * out["top1"],
-                 100 * out["top5"], out["num_videos"])
+        log.info(
+            "epoch %d val top-1 %.2f%% top-5 %.2f%% (%d videos)",
+            self.state.epoch,
+            100 * out["top1"],
+            100 * out["top5"],
+            out["num_videos"],
+        )
         self.sync_metrics()
         return out
 
