@@ -23,3 +23,17 @@ from s3_server import s3_env, s3_server
 
 # A real two-node SLURM (ctl, node1, node2 in namespaces; infra/slurm/cluster.sh): `slurm_cluster` (session).
 from slurm_cluster import slurm_cluster
+
+# Markers from what a test needs, so `pytest -m "not slow and not s3 and not cluster"` is the fast loop.
+S3_FIXTURES = {"s3_server", "s3_env", "ray_s3"}
+CLUSTER_FIXTURES = {"slurm_cluster", "ray_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        ids = item.callspec.id.split("-") if hasattr(item, "callspec") else []  # a store parametrized as "s3"
+        if names & S3_FIXTURES or "s3" in ids:
+            item.add_marker(pytest.mark.s3)
+        if names & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)

@@ -11,6 +11,8 @@ import time
 import pytest
 from launch_helpers import run_launch, small_overrides, start_launch
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 COMMON = [
     "cluster.procs_per_node=2",
     "deepspeed=zero2",

@@ -6,6 +6,8 @@ import pytest
 import torch
 from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):

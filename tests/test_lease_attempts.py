@@ -11,6 +11,8 @@ from msca.runstate.attempts import Attempt, summarize
 from msca.runstate.lease import KEY, Holder, Lease, LeaseHeld, live_holder
 from msca.storage import open_store
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):

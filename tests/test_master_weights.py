@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 from msca.runtime.dist import free_port
 from msca.runtime.precision import precision_problem
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 # (zero stage, precision): ZeRO-0 bf16/fp16 is DeepSpeed's FP16_UnfusedOptimizer (no hp link), ZeRO-1 bf16 its
 # BF16_Optimizer, ZeRO-2 the partitioned optimizer, ZeRO-3 partitioned parameters too.
 CASES = [(stage, precision) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16", "fp16")]

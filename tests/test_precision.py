@@ -6,6 +6,8 @@ import pytest
 
 from msca.runtime.precision import PrecisionUnsupported, check_precision, precision_problem
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 
 class Accelerator:
     """DeepSpeed's accelerator interface, the three methods the check calls."""

@@ -22,6 +22,8 @@ from launch_helpers import REPO, metrics, run_launch, small_overrides, start_lau
 from msca.runstate.attempts import read_attempts
 from msca.storage import open_store
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch
 EPOCHS = 12
 TOTAL = 6 * EPOCHS

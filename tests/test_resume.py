@@ -17,6 +17,8 @@ from launch_helpers import metrics, run_launch, small_overrides, start_launch
 from msca.runstate.attempts import read_attempts
 from msca.runstate.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 optimizer steps per epoch, 30 in all
 COMMON = [
     "cluster.procs_per_node=2",

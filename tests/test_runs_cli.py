@@ -9,6 +9,8 @@ from launch_helpers import REPO, run_launch, small_overrides
 from msca.runstate.lease import Holder, Lease
 from msca.storage import open_store
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 COMMON = [
     "cluster.procs_per_node=1",
     "train.epochs=1",

@@ -12,6 +12,8 @@ import pytest
 import torch
 from launch_helpers import metrics, run_launch, small_overrides
 
+pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
+
 # 6 videos x 4 classes = 24 clips / 2 ranks / batch 2 -> 6 steps per epoch, 60 in all
 TWO_NODES = ["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1"]
 COMMON = TWO_NODES + [

@@ -11,6 +11,8 @@ from s3_server import kill_server, restart_server, start_server, stop_server
 
 from msca.storage import RETRY_S, open_store
 
+pytestmark = pytest.mark.s3  # starts and kills its own SeaweedFS
+
 
 @pytest.fixture
 def own_server(tmp_path):
