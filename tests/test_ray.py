@@ -428,11 +428,14 @@ from omegaconf import OmegaConf
 from msca.cluster.ray import worker_runtime_env
 env = worker_runtime_env(OmegaConf.create({"address": "x", "runtime_env": {}}))
 ray.init(address=ADDRESS, runtime_env=env, logging_level="ERROR")
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 @ray.remote(num_cpus=1)
 def where():
     import socket, msca, jobs
     return socket.gethostname(), msca.__file__, jobs.__file__
-print(json.dumps(ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(2)])))
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]  # one task pinned to each node (SPREAD may not spread)
+pinned = [NodeAffinitySchedulingStrategy(node, soft=False) for node in nodes]
+print(json.dumps(ray.get([where.options(scheduling_strategy=s).remote() for s in pinned])))
 """.replace("ADDRESS", repr(f"ray://{ray_cluster.address.split(':')[0]}:10001"))
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -75,7 +75,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
-KillWait=5
+KillWait=30
 KillOnBadExit=1
 MinJobAge=300
 SchedulerParameters=sched_interval=2,bf_interval=2

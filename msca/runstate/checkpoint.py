@@ -1,6 +1,6 @@
 """CheckpointManager: collective DeepSpeed saves committed to the store by a manifest written last.
 
-Protocol (design.md):
+Protocol (the one `msca.runstate` keeps for every run):
   1. every rank: engine.save_checkpoint(staging, tag, client_state)   (client_state: trainer counters and
      every rank's RNG states, gathered to rank 0, which is the rank whose model_states file holds it). A step
      that exists in the store (reached again after a crash) is uncommitted and cleared first.
