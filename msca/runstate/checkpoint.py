@@ -142,6 +142,22 @@ class CheckpointManager:
         self._in_store: set = set()  # tags with objects in the store when this attempt started
         self.stall_s = 0.0  # time the training loop spent inside save/wait (what background uploads hide)
 
+    @classmethod
+    def from_config(cls, section, engine, home: RunHome, **hooks) -> "CheckpointManager":
+        """Built from the config's `checkpoint` section (msca.config.CheckpointConfig); `hooks`: config_hash,
+        before_commit, on_commit."""
+        return cls(
+            engine,
+            home,
+            every_steps=section.every_steps,
+            every_minutes=section.every_minutes,
+            keep_last=section.keep_last,
+            keep_every=section.keep_every,
+            background=section.background,
+            staging_dir=section.staging_dir,
+            **hooks,
+        )
+
     # ----------------------------------------------------------------------------------------------- save
     def maybe_save(self, step: int, trainer_state: dict) -> bool:
         """Save on the step interval or, with every_minutes, when the agreed clock says so (for node loss

@@ -90,16 +90,11 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
         )
         dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
-        self.ckpt = CheckpointManager(
+        self.ckpt = CheckpointManager.from_config(
+            cfg.checkpoint,
             self.engine,
             home,
-            every_steps=cfg.checkpoint.every_steps,
-            every_minutes=cfg.checkpoint.every_minutes,
-            keep_last=cfg.checkpoint.keep_last,
-            keep_every=cfg.checkpoint.keep_every,
             config_hash=identity_hash(cfg),
-            background=cfg.checkpoint.background,
-            staging_dir=cfg.checkpoint.staging_dir,
             before_commit=self._before_commit,
             on_commit=self._on_commit,
         )
