@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -285,8 +286,23 @@ def check_sizes(cfg: DictConfig) -> None:
         raise ValueError(f"model.embed_dim={dim} must be a multiple of model.num_heads={heads}")
 
 
+RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_name(name) -> None:
+    """run.name becomes a folder of the store, a key prefix in S3 and a word in generated sbatch scripts: a safe
+    alphabet keeps it inside the store root (no `..`, no `/`), a valid shell word and a portable file name."""
+    name = str(name)
+    if not RUN_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"run.name={name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', not starting with "
+            f"'.' or '-' and without '..'"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema cannot express; each error names the key and the accepted values."""
+    check_run_name(cfg.run.name)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -131,9 +131,10 @@ def launch_one(cfg: DictConfig, overrides: list[str], make_callable=None) -> int
     if cfg.run.check_data:
         check_data(cfg.data, splits_for(cfg))  # nothing is written before the run can start
     backend.check(spec, cfg.cluster)  # the scheduler's objections before anything is written
+    local = RunHome(uri, cfg.store.endpoint_url).local_dir  # a private scratch of ours, checked before writing
     home = prepare_home(cfg, overrides)
     print(f"run {cfg.run.name}: {home.uri}")
-    spec.log_dir = str(home.local_dir / "logs")
+    spec.log_dir = str(local / "logs")
     handle = backend.submit(spec, cfg.cluster)
     print(f"{handle.backend}: {handle.description}")
     if handle.returncode is None:

@@ -232,7 +232,7 @@ def test_rank_killed_while_a_checkpoint_uploads(runs, s3_server, tmp_path, victi
     try:
         deadline = time.time() + 180
         pids = rank_pids(proc.pid, deadline)
-        staging = tmp_path / "scratch" / "msca-staging"
+        staging = tmp_path / "scratch" / f"msca-{os.getuid()}" / "staging"
         while not list(staging.glob("*/step_000000006")):  # node-local: polled without touching S3
             assert time.time() < deadline and proc.poll() is None, "step 6 was never staged"
             time.sleep(0.001)

@@ -10,6 +10,8 @@ submitit besides tests.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,8 +147,9 @@ def sbatch_parameters(cluster, job_name: str, folder: Path) -> dict:
         signal_delay_s=cluster.signal_delay_s,
         srun_args=["--kill-on-bad-exit=1"],  # a rank that dies takes the others down at once
         setup=[
-            f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
-            f"export MSCA_ERROR_DIR={folder}/errors-$SLURM_JOB_ID",
+            # paths quoted: a space splits the word, a `$(...)` in a path would run on the compute node
+            f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+            f"export MSCA_ERROR_DIR={shlex.quote(str(folder))}/errors-$SLURM_JOB_ID",
             *cluster.setup,
         ],
         stderr_to_stdout=True,
@@ -163,12 +166,34 @@ def sbatch_parameters(cluster, job_name: str, folder: Path) -> dict:
     return params
 
 
-def executor(folder: Path, cluster, job_name: str):
+def executor(folder: Path, cluster, job_name: str, script_only: bool = False):
+    """submitit's executor; `script_only` builds one on a machine without SLURM, for the dry run (submitit
+    refuses to build one where it finds no `srun`)."""
     import submitit
 
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
+    cls = submitit.SlurmExecutor
+    if script_only:
+
+        class ScriptOnly(submitit.SlurmExecutor):
+            @classmethod
+            def affinity(cls) -> int:
+                return 2  # "srun found": only the script is made, nothing runs here
+
+        cls = ScriptOnly
+    ex = cls(folder=folder, max_num_timeout=cluster.max_requeues)
     ex.update_parameters(**sbatch_parameters(cluster, job_name, folder))
     return ex
+
+
+def require_slurm() -> None:
+    """SLURM's client commands must be here to submit: one line saying so, not submitit's traceback."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise ValueError(
+            f"cluster=slurm: no {' or '.join(f'`{c}`' for c in missing)} on PATH: run launch.py on a SLURM login "
+            "node (or install SLURM's client commands and config here); cluster.dry_run=true prints the sbatch "
+            "script on any machine"
+        )
 
 
 class SlurmBackend(Backend):
@@ -179,12 +204,13 @@ class SlurmBackend(Backend):
 
     def dry_run(self, spec: JobSpec, cluster) -> str:
         """The exact script sbatch gets (submitit's), writing nothing."""
-        ex = executor(submitit_folder(spec, cluster), cluster, job_name(spec))
+        ex = executor(submitit_folder(spec, cluster), cluster, job_name(spec), script_only=True)
         return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
 
     def check(self, spec: JobSpec, cluster) -> None:
         """Before the run home is written: sbatch --test-only accepts the script (partition, account,
         resources) and the folder is writable, so a bad request leaves no half-written run home."""
+        require_slurm()
         try:
             r = subprocess.run(
                 ["sbatch", "--test-only"], input=self.dry_run(spec, cluster), capture_output=True, text=True, timeout=60
@@ -197,6 +223,7 @@ class SlurmBackend(Backend):
         check_writable(submitit_folder(spec, cluster))
 
     def submit(self, spec: JobSpec, cluster) -> Handle:
+        require_slurm()
         folder = submitit_folder(spec, cluster)
         ex = executor(folder, cluster, job_name(spec))
         job = ex.submit(SlurmJob(spec.make_callable, spec.run_uri, spec.endpoint_url, cluster.max_requeues))

@@ -20,6 +20,7 @@ file is never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ import torch
 from msca.runstate.home import RunHome
 from msca.runtime import dist
 from msca.runtime.collective import agreed, from_main
-from msca.runtime.host import scratch_dir
+from msca.runtime.host import private_dir, private_umask
 from msca.storage import is_remote
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,14 @@ def local_rank() -> int:
 
 
 def staging_root(configured: Optional[str], home: RunHome) -> Path:
-    """Node-local scratch for this run's checkpoint files: `checkpoint.staging_dir`, else the node's scratch
-    (msca.runtime.host.scratch_dir)."""
+    """Node-local scratch for this run's checkpoint files, private to this user:
+    `<checkpoint.staging_dir or the node's scratch>/msca-<uid>/staging/<name>-<hash>` (0700, checked to be ours:
+    msca.runtime.host.private_dir), so no other local user can read the weights or swap a file between its
+    checksum and DeepSpeed's load."""
     digest = hashlib.sha1(home.uri.encode()).hexdigest()[:10]
-    path = scratch_dir(configured) / "msca-staging" / f"{home.name}-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
+    path = private_dir(configured) / "staging" / f"{home.name}-{digest}"
+    with private_umask():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -134,7 +138,9 @@ class CheckpointManager:
         self.config_hash = config_hash
         self.store = home.store.child("checkpoints")
         self.in_place = not is_remote(home.uri)  # a local (shared) store: DeepSpeed writes into it directly
-        self.staging = Path(self.store.url()) if self.in_place else staging_root(staging_dir, home)
+        self._staging_dir, self._staging = staging_dir, None
+        if engine is not None:  # a training manager checks its scratch at start, where its peers do
+            _ = self.staging
         self.before_commit = before_commit  # rank 0, just before a manifest is written (e.g. "do we still hold
         self.on_commit = on_commit  # the lease?"); on_commit(step, seconds the loop waited for it)
         self.last_saved_step = -1
@@ -157,6 +163,14 @@ class CheckpointManager:
             staging_dir=section.staging_dir,
             **hooks,
         )
+
+    @property
+    def staging(self) -> Path:
+        """Where DeepSpeed writes and restores (a local store: the store itself). Made on first use only, so
+        a manager that only reads the store (`python -m msca.runs`) creates nothing on this machine."""
+        if self._staging is None:
+            self._staging = Path(self.store.url()) if self.in_place else staging_root(self._staging_dir, self.home)
+        return self._staging
 
     # ----------------------------------------------------------------------------------------------- save
     def maybe_save(self, step: int, trainer_state: dict) -> bool:
@@ -187,7 +201,8 @@ class CheckpointManager:
             "config_hash": self.config_hash,
         }
         agreed(lambda: self._clear(tag), f"preparing checkpoint {tag}")
-        self.engine.save_checkpoint(str(self.staging), tag=tag, client_state=client_state, save_latest=False)
+        with contextlib.nullcontext() if self.in_place else private_umask():  # staged files: 0600
+            self.engine.save_checkpoint(str(self.staging), tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()
         pending = _Pending(step, tag, trainer_state, self.staging / tag, t0)
         pending.thread = threading.Thread(target=self._publish, args=(pending,), name=f"ckpt-{tag}", daemon=True)

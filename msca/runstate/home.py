@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from msca.config import load_config
-from msca.runtime.host import scratch_dir
+from msca.runtime.host import ensure_private, private_dir
 from msca.storage import Store, is_remote, open_store
 
 
@@ -40,18 +39,35 @@ class RunHome:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
     @property
-    def local_dir(self) -> Path:
+    def local_path(self) -> Path:
         """Where this machine writes files that are later synced to the store (TensorBoard, logs): a cache on
-        node-local scratch (MSCA_CACHE, else $SLURM_TMPDIR or $TMPDIR; never $HOME, which clusters share over NFS).
-        For a local store it is the home itself. Nothing here is the run's state: the store is."""
+        node-local scratch, private to this user (MSCA_CACHE, else `<scratch>/msca-<uid>/cache`; never $HOME,
+        which clusters share over NFS). For a local store it is the home itself. Nothing here is the run's
+        state: the store is. Only computed: reading a run creates nothing (see `local_dir`)."""
         if not is_remote(self.uri):
-            path = Path(self.uri)
-        else:
-            digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
-            base = os.environ.get("MSCA_CACHE") or scratch_dir() / f"msca-cache-{getpass.getuser()}"
-            path = Path(base).expanduser() / "runs" / f"{self.name}-{digest}"
+            return Path(self.uri)
+        digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
+        return self._cache_root(create=False) / "runs" / f"{self.name}-{digest}"
+
+    @property
+    def local_dir(self) -> Path:
+        """`local_path`, created (for writers): a remote home's cache under a folder checked to be ours (0700)."""
+        if is_remote(self.uri):
+            self._cache_root(create=True)
+        path = self.local_path
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @staticmethod
+    def _cache_root(create: bool) -> Path:
+        configured = os.environ.get("MSCA_CACHE")
+        if configured:
+            path = Path(configured).expanduser()
+            return ensure_private(path) if create else path
+        root = private_dir(create=create) / "cache"
+        if create:
+            root.mkdir(mode=0o700, exist_ok=True)
+        return root
 
     def exists(self) -> bool:
         return self.store.exists("config.yaml")
@@ -73,7 +89,7 @@ class RunHome:
         """Copy a file or folder of local_dir to the store (no-op for a local store)."""
         if not is_remote(self.uri):
             return
-        src = self.local_dir / relpath
+        src = self.local_path / relpath
         files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
         for f in files:
-            self.store.upload_file(str(f), f.relative_to(self.local_dir).as_posix())
+            self.store.upload_file(str(f), f.relative_to(self.local_path).as_posix())

@@ -3,7 +3,9 @@ its commit, node-local scratch, and what SLURM's `squeue` says of a job."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,6 +29,45 @@ def scratch_dir(configured: str | None = None) -> Path:
     """Node-local scratch: `configured`, else $SLURM_TMPDIR, else $TMPDIR / the system temp dir. Never $HOME,
     which clusters share over NFS with a quota."""
     return Path(os.path.expanduser(configured or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()))
+
+
+def private_dir(configured: str | None = None, create: bool = True) -> Path:
+    """This user's own folder on node-local scratch, `<scratch>/msca-<uid>`: staging and caches live under it,
+    never in a shared, predictable folder another local user could read or swap files in (the bytes verified
+    must be the bytes loaded). Created 0700; refused unless ours and closed to group and others. With
+    create=False (read-only commands) the path is only computed: nothing is made on this machine."""
+    path = scratch_dir(configured) / f"msca-{os.getuid()}"
+    return ensure_private(path) if create else path
+
+
+def ensure_private(path: Path) -> Path:
+    """Create `path` (0700) if it is absent, then check it is a real folder owned by us with no group/other
+    access: anything else is a PermissionError naming the path and the fix (a user error, one line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()  # lstat: a symlink planted by someone else is refused, not followed
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{path} is not a folder of yours (owner uid {st.st_uid}, you are {os.getuid()}): another user may "
+            f"read or replace files there; remove it or point TMPDIR (or checkpoint.staging_dir) to a private folder"
+        )
+    if st.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}): run `chmod 700 {path}`"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def private_umask():
+    """Files created inside are 0600 (folders 0700): for writers we do not control (DeepSpeed's save). The umask
+    is per process, so keep the block short."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def squeue(job_id: str, timeout_s: float) -> subprocess.CompletedProcess | None:
