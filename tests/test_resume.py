@@ -362,3 +362,35 @@ def test_a_restore_that_cannot_stage_ends_in_one_line_and_changes_nothing(tmp_pa
         (0, "finished"),
         (6, "finished"),
     ]
+
+
+def test_crash_after_an_epoch_end_checkpoint_and_a_torn_metrics_line_leave_a_clean_history(tmp_path):
+    """Step 6 ends epoch 1 and is saved inside the loop, before that epoch's validation logs `val` at step 6;
+    the job then dies before its next commit (step 9), and power loss tears the last metrics line. The relaunch
+    resumes from step 6, skips the torn line with a warning, runs epoch 1's validation again and the history
+    has every train step and one `val` per epoch end, in a file where every line is a whole record."""
+    overrides = small_overrides(tmp_path, tmp_path / "data", "valdup") + [
+        "cluster.procs_per_node=2",
+        "deepspeed=zero1",
+        "train.epochs=2",
+        "train.val_every=1",
+        "eval.at_end=false",
+        "data.batch_size=2",
+        "checkpoint.every_steps=3",
+    ]
+    crashed = run_launch(overrides, env={"MSCA_FAULT_INJECT": "preparing checkpoint step_000000009@0"})
+    assert crashed.returncode not in (0, 3), crashed.stdout + crashed.stderr
+    home = tmp_path / "store" / "runs" / "valdup"
+    assert sorted(p.parent.name for p in home.glob("checkpoints/*/MANIFEST.json"))[-1] == "step_000000006"
+    before = metrics(tmp_path / "store", "valdup")
+    assert [r["step"] for r in before if r["kind"] == "val"] == [6]  # logged after step 6's checkpoint
+    with (home / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "step": 10, "ti')  # a write cut by power loss
+
+    resumed = run_launch(overrides)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(step 6)" in resumed.stderr
+    assert "is not a whole record" in resumed.stderr
+    history = metrics(tmp_path / "store", "valdup")  # json.loads of every line: the file was rewritten clean
+    assert [r["step"] for r in history if r["kind"] == "train"] == list(range(1, 13))
+    assert [(r["step"], r["epoch"]) for r in history if r["kind"] == "val"] == [(6, 1), (12, 2)]
