@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
-    """Test-split evaluation with `forward` (a training engine) or, when None, the run's model.pt."""
+    """Test-split evaluation with `forward` (the trained engine, in eval mode) or, when None, the run's
+    model.pt (into a model built without its pretrained file: model.pt replaces every weight)."""
     dataset = build_dataset(cfg.data, "test", seed=cfg.seed)
     device, dtype = dist.device(), DTYPES[cfg.deepspeed.precision]
     if forward is None:
-        model = build_model(cfg.model, dataset.num_classes, cfg.store.endpoint_url)
+        model = build_model(cfg.model, dataset.num_classes, cfg.store.endpoint_url, pretrained=False)
         state = torch.load(io.BytesIO(home.store.read_bytes("model.pt")), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         forward = model.to(device=device, dtype=dtype).eval()

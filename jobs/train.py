@@ -63,6 +63,7 @@ class Train(Job):
 
         agreed(save_weights, "writing model.pt")
         result = {"step": state.step, "epoch": state.epoch}
-        if cfg.eval.at_end:
-            result.update(evaluate_run(cfg, home, forward=trainer.engine.eval()))
+        if cfg.eval.at_end:  # the engine's own weights (DeepSpeedEngine.eval() returns None, not the engine)
+            trainer.engine.eval()
+            result.update(evaluate_run(cfg, home, forward=trainer.engine))
         return result

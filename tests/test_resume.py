@@ -2,6 +2,7 @@
 max_steps, or by Ctrl-C / SIGTERM) and relaunched ends with bit-identical weights to one that never stopped
 (2 ranks, ZeRO 2, gloo, with stochastic depth so the per-rank RNG streams matter)."""
 
+import contextlib
 import io
 import json
 import os
@@ -290,3 +291,106 @@ def test_s3_server_paused_for_30s_mid_run_costs_a_pause_not_the_run(runs, s3_ser
     assert_same_weights(reference, torch.load(io.BytesIO(store.read_bytes("model.pt")), weights_only=True))
     assert [r["step"] for r in read_metrics(store) if r["kind"] == "train"] == list(range(1, 31))
     assert len(read_attempts(store)) == 1
+
+
+@contextlib.contextmanager
+def full_staging_disk(tmp_path):
+    """A staging folder that cannot hold a checkpoint: a 16 KiB tmpfs (root may mount one), else a path under a
+    regular file (ENOTDIR; root bypasses a chmod, not this)."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(tiny)], capture_output=True).returncode:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        yield blocker / "sub", "NotADirectoryError"
+        return
+    try:
+        yield tiny, "No space left on device"
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)], check=True)
+
+
+def checkpoint_objects(store) -> dict:
+    return {k: store.size(f"checkpoints/{k}") for k in store.child("checkpoints").list("")}
+
+
+def test_a_restore_that_cannot_stage_ends_in_one_line_and_changes_nothing(tmp_path, s3_server):
+    """A relaunch whose staging disk is full (not the checkpoint's fault) does not fall back and does not start
+    from scratch: it ends with one line naming the cause and the store, the store's metric history and commits
+    stay exactly as they were, and a later relaunch resumes from the newest commit with every step once."""
+    bucket = s3_server.make_bucket()
+    base = [o for o in small_overrides(tmp_path, tmp_path / "data", "full-disk") if not o.startswith("store.root=")]
+    common = base + [
+        f"store.root=s3://{bucket}/team",
+        "cluster.procs_per_node=2",
+        "deepspeed=zero1",
+        "train.epochs=2",
+        "train.val_every=0",
+        "eval.at_end=false",
+        "data.batch_size=2",
+        "checkpoint.every_steps=3",
+    ]
+    env = {**s3_server.env, "MSCA_CACHE": str(tmp_path / "cache")}
+    scratch = f"checkpoint.staging_dir={tmp_path / 'scratch'}"
+    first = run_launch(common + [scratch, "train.max_steps=6"], env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = s3_server.store(f"s3://{bucket}/team/runs/full-disk")
+    metrics_before, objects_before = store.read_text("metrics.jsonl"), checkpoint_objects(store)
+    assert {k for k in objects_before if k.endswith("MANIFEST.json")} == {
+        "step_000000003/MANIFEST.json",
+        "step_000000006/MANIFEST.json",
+    }
+
+    with full_staging_disk(tmp_path) as (staging, cause):
+        failed = run_launch(common + [f"checkpoint.staging_dir={staging}", "train.max_steps=12"], env=env)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode not in (0, 3), out
+    assert "Traceback" not in out and "falling back" not in out and "starting from scratch" not in out
+    assert cause in out and f"s3://{bucket}/team/runs/full-disk/checkpoints" in out
+    if cause == "No space left on device":  # the restore itself hit it (not the staging folder's creation)
+        assert "restoring step_000000006 into" in out and "not a fault of the checkpoint" in out
+    assert store.read_text("metrics.jsonl") == metrics_before  # history not cut
+    assert checkpoint_objects(store) == objects_before  # no retention, no re-save
+    assert "resumed from" not in out
+
+    resumed = run_launch(common + [scratch, "train.max_steps=12"], env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(step 6)" in resumed.stderr
+    assert train_steps(store) == list(range(1, 13))
+    attempts = read_attempts(store)
+    assert [(a.restored_step, a.end_reason) for a in attempts if a.end_reason != "failed"] == [
+        (0, "finished"),
+        (6, "finished"),
+    ]
+
+
+def test_crash_after_an_epoch_end_checkpoint_and_a_torn_metrics_line_leave_a_clean_history(tmp_path):
+    """Step 6 ends epoch 1 and is saved inside the loop, before that epoch's validation logs `val` at step 6;
+    the job then dies before its next commit (step 9), and power loss tears the last metrics line. The relaunch
+    resumes from step 6, skips the torn line with a warning, runs epoch 1's validation again and the history
+    has every train step and one `val` per epoch end, in a file where every line is a whole record."""
+    overrides = small_overrides(tmp_path, tmp_path / "data", "valdup") + [
+        "cluster.procs_per_node=2",
+        "deepspeed=zero1",
+        "train.epochs=2",
+        "train.val_every=1",
+        "eval.at_end=false",
+        "data.batch_size=2",
+        "checkpoint.every_steps=3",
+    ]
+    crashed = run_launch(overrides, env={"MSCA_FAULT_INJECT": "preparing checkpoint step_000000009@0"})
+    assert crashed.returncode not in (0, 3), crashed.stdout + crashed.stderr
+    home = tmp_path / "store" / "runs" / "valdup"
+    assert sorted(p.parent.name for p in home.glob("checkpoints/*/MANIFEST.json"))[-1] == "step_000000006"
+    before = metrics(tmp_path / "store", "valdup")
+    assert [r["step"] for r in before if r["kind"] == "val"] == [6]  # logged after step 6's checkpoint
+    with (home / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "step": 10, "ti')  # a write cut by power loss
+
+    resumed = run_launch(overrides)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(step 6)" in resumed.stderr
+    assert "is not a whole record" in resumed.stderr
+    history = metrics(tmp_path / "store", "valdup")  # json.loads of every line: the file was rewritten clean
+    assert [r["step"] for r in history if r["kind"] == "train"] == list(range(1, 13))
+    assert [(r["step"], r["epoch"]) for r in history if r["kind"] == "val"] == [(6, 1), (12, 2)]

@@ -40,7 +40,7 @@ import torch
 
 from msca.runstate.home import RunHome
 from msca.runtime import dist
-from msca.runtime.collective import agreed, from_main
+from msca.runtime.collective import CollectiveError, agreed, from_main
 from msca.runtime.host import private_dir, private_umask
 from msca.storage import is_remote
 
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 TAG = re.compile(r"^step_(\d{9})$")
 RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+FAULT, ERROR = "fault", "error"  # a restore outcome: the checkpoint's own fault (fall back), or anything else
 
 
 def tag_for(step: int) -> str:
@@ -84,6 +87,34 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _attempt(fn) -> tuple:
+    """(fn(), '') or (None, 'Type: message'): an outcome every rank can agree on without a traceback."""
+    try:
+        return fn(), ""
+    except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _check_manifest(manifest: dict, tag: str) -> None:
+    """Raise ValueError unless the manifest has everything a restore reads (a restore that stops half-way
+    through a malformed manifest would be taken for a store fault)."""
+    objects = manifest.get("objects") if isinstance(manifest, dict) else None
+    fields = (manifest.get("tag"), manifest.get("world_size")) if isinstance(manifest, dict) else (None, None)
+    if fields[0] != tag or not isinstance(fields[1], int) or not isinstance(objects, list):
+        raise ValueError("no tag, world_size or objects list of its own")
+    for obj in objects:
+        if not (isinstance(obj, dict) and isinstance(obj.get("key"), str) and isinstance(obj.get("size"), int)):
+            raise ValueError(f"an object entry without key or size: {obj!r:.80}")
+        if not isinstance(obj.get("sha256"), str):
+            raise ValueError(f"an object entry without sha256: {obj!r:.80}")
+
+
+def _is_missing_object(err: FileNotFoundError) -> bool:
+    """A download's FileNotFoundError is the object's (missing in the store, raised by the store without a
+    file name) unless the OS raised it for a local file (staging vanished under us: not the checkpoint's)."""
+    return getattr(err, "filename", None) is None
 
 
 def rng_state() -> dict:
@@ -388,17 +419,32 @@ class CheckpointManager:
 
     def load_latest(self) -> dict | None:
         """Restore the newest committed checkpoint whose objects verify into the engine; returns its trainer
-        state (None: a fresh start). All ranks walk the committed steps newest first and agree on each."""
-        present, committed = from_main(self._steps, "listing checkpoints")
+        state (None: a fresh start). All ranks walk the committed steps newest first and agree on each. Only a
+        checkpoint's own fault (an object missing, a size or checksum mismatch, an invalid manifest) falls back
+        to an older commit; any other fault (the store unreachable or refusing, staging not writable) ends the
+        attempt before anything is written, since a fresh start would cut the run's history."""
+        listed, error = from_main(lambda: _attempt(self._steps), "listing checkpoints")
+        if error:
+            raise self._restore_error(0, error, "listing the checkpoints of")
+        present, committed = listed
         self._in_store = {tag_for(s) for s in present}  # steps a later save may reach again
         steps = sorted(committed)
         for step in reversed(steps):
             tag = tag_for(step)
-            manifest = from_main(lambda step=step: self.read_manifest(step), f"reading the manifest of {tag}")
+            what = f"reading the manifest of {tag}"
+            manifest, kind, problem = from_main(lambda step=step: self._manifest_outcome(step), what)
+            if kind == ERROR:
+                raise self._restore_error(0, problem, f"{what} in")
+            if kind == FAULT:
+                log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
+                continue
             root = self.staging if self.in_place else self.staging / "restore"
             try:
-                problems = dist.all_gather_object(self._fetch(manifest, root))
-                problem = next((p for p in problems if p), "")
+                outcomes = dist.all_gather_object(self._fetch(manifest, root))
+                failed = next(((r, p) for r, (k, p) in enumerate(outcomes) if k == ERROR), None)
+                if failed:
+                    raise self._restore_error(failed[0], failed[1], f"restoring {tag} into {root} from")
+                problem = next((p for k, p in outcomes if k == FAULT), "")
                 if problem:
                     log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
                     continue
@@ -416,6 +462,26 @@ class CheckpointManager:
             )
         return None
 
+    def _restore_error(self, rank: int, error: str, doing: str) -> CollectiveError:
+        """The same one-line error on every rank (a user error: no traceback), naming the rank, the cause and
+        the store. Phrased as an agreed section's error, so the original's class judges whether a retry helps."""
+        return CollectiveError(
+            f"{doing} {self.store.url()} failed on rank {rank}: {error}. This is not a fault of the checkpoint, "
+            "so nothing was restored or written (a fresh start would cut the run's history): fix it and relaunch"
+        )
+
+    def _manifest_outcome(self, step: int) -> tuple[dict | None, str, str]:
+        """(manifest, '', '') or (None, FAULT or ERROR, what is wrong): an unreadable or invalid manifest is the
+        checkpoint's fault; a store that cannot be read is not."""
+        try:
+            manifest = self.read_manifest(step)
+            _check_manifest(manifest, tag_for(step))
+            return manifest, "", ""
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            return None, FAULT, f"unreadable manifest {self.store.url(tag_for(step))}/{MANIFEST} ({err})"
+        except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
+            return None, ERROR, f"{type(err).__name__}: {err}"
+
     def _my_objects(self, manifest: dict) -> list:
         """The objects this rank fetches and checks: its own shards when the world size is unchanged (each rank
         loads only those), and on each node's first rank everything else (shared by the node's ranks)."""
@@ -430,8 +496,10 @@ class CheckpointManager:
                 mine.append(obj)
         return mine
 
-    def _fetch(self, manifest: dict, root: Path) -> str:
-        """Download (S3) and verify this rank's objects under root; '' or the first problem, naming it."""
+    def _fetch(self, manifest: dict, root: Path) -> tuple[str, str]:
+        """Download (S3) and verify this rank's objects under root: ('', '') when they verify, (FAULT, what) for
+        the checkpoint's own fault (an object missing or not matching its manifest), (ERROR, what) for anything
+        else (the store unreachable or refusing, staging full or not writable)."""
         try:
             if not self.in_place and local_rank() == 0:
                 shutil.rmtree(root, ignore_errors=True)
@@ -443,14 +511,16 @@ class CheckpointManager:
                     local.parent.mkdir(parents=True, exist_ok=True)
                     try:
                         self.store.download_file(obj["key"], str(local))
-                    except FileNotFoundError:
-                        return f"{self.store.url(obj['key'])} is missing"
+                    except FileNotFoundError as err:
+                        if not _is_missing_object(err):
+                            raise
+                        return FAULT, f"{self.store.url(obj['key'])} is missing"
                 problem = self._check_object(obj, deep=True, local=local)
                 if problem:
-                    return problem
-            return ""
-        except Exception as err:  # noqa: BLE001 - agreed by every rank, then a fallback or a clear error
-            return f"{type(err).__name__}: {err}"
+                    return FAULT, problem
+            return "", ""
+        except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
+            return ERROR, f"{type(err).__name__}: {err}"
 
     def _load(self, root: Path, manifest: dict) -> dict:
         tag = manifest["tag"]

@@ -3,46 +3,78 @@
 JSON lines are the durable record (plots and comparisons read them); TensorBoard is for watching. The store's
 copy is the history: an attempt (perhaps on another machine with an empty cache) starts from it, keeps the
 records up to the step it resumed from and drops the rest (they are recomputed), so every step appears exactly
-once however often the run was interrupted. TensorBoard gets the same cut through `purge_step`.
+once however often the run was interrupted. TensorBoard gets the same cut through `purge_step`. A line that is
+not a whole record (power loss mid-append) is skipped with a warning, and the rewrite leaves the file clean.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 from msca.storage import Store
 
+log = logging.getLogger(__name__)
+
 FILE = "metrics.jsonl"
 
 
-def parse_metrics(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def parse_metrics(text: str, where: str = FILE) -> list[dict]:
+    """The records of a metrics.jsonl; a torn line (a write cut by power loss) is skipped with a warning
+    rather than failing every relaunch until someone edits the file by hand."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            log.warning("%s line %d is not a whole record (a torn write?); skipping it: %.80s", where, number, line)
+        else:
+            records.append(record)
+    return records
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("step"), int) and isinstance(record.get("kind"), str)
+    return record if ok else None
 
 
 def read_metrics(store: Store) -> list[dict]:
     """The run's metric history from its store."""
-    return parse_metrics(store.read_text(FILE)) if store.exists(FILE) else []
+    return parse_metrics(store.read_text(FILE), store.url(FILE)) if store.exists(FILE) else []
 
 
-def history_until(store: Store, step: int) -> list[dict]:
-    """The store's records up to and including `step` (those after it belong to work that was lost)."""
-    return [r for r in read_metrics(store) if r["step"] <= step]
+def history_until(store: Store, step: int, redone: tuple = ()) -> list[dict]:
+    """The store's records up to and including `step` (those after it belong to work that was lost), less the
+    `redone` kinds at `step` itself: records the resumed run logs again there (validation after a checkpoint
+    at an epoch's last step), so they appear once."""
+    return [r for r in read_metrics(store) if r["step"] < step or (r["step"] == step and r["kind"] not in redone)]
 
 
 class MetricsLogger:
     def __init__(
-        self, local_dir: Path, store: Store, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True
+        self,
+        local_dir: Path,
+        store: Store,
+        resume_step: int = 0,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        redone: tuple = (),
     ):
         """Appends to `local_dir/metrics.jsonl` after writing the store's history up to `resume_step` there
-        (for a local store the two are the same file)."""
+        (for a local store the two are the same file), without the `redone` kinds at `resume_step`."""
         self.enabled = enabled
         self.path = Path(local_dir) / FILE
         self.writer = None
         if not enabled:
             return
-        kept = history_until(store, resume_step)
+        kept = history_until(store, resume_step, redone)
         text = "".join(json.dumps(r) + "\n" for r in kept)
         tmp = self.path.with_name(f".{FILE}.tmp")
         tmp.write_text(text)

@@ -4,7 +4,10 @@ the store (a path or an s3:// URI)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -32,18 +35,29 @@ def model_overrides(model_cfg: DictConfig, num_classes: int) -> dict:
     return out
 
 
-def build_model(model_cfg: DictConfig, num_classes: int, endpoint_url: str | None = None) -> torch.nn.Module:
+def build_model(
+    model_cfg: DictConfig, num_classes: int, endpoint_url: str | None = None, pretrained: bool = True
+) -> torch.nn.Module:
+    """The configured model; `pretrained=False` skips the pretrained file (for weights that replace it all)."""
     model = create_model(model_cfg.arch, **model_overrides(model_cfg, num_classes))
-    if model_cfg.pretrained:
-        load_pretrained(model, fetch_local(model_cfg.pretrained, endpoint_url))
+    if pretrained and model_cfg.pretrained:
+        with fetch_local(model_cfg.pretrained, endpoint_url) as path:
+            load_pretrained(model, path)
     return model
 
 
-def fetch_local(uri: str, endpoint_url: str | None = None) -> str:
-    """A local path for `uri` (downloads s3:// objects to a temp file)."""
+@contextmanager
+def fetch_local(uri: str, endpoint_url: str | None = None) -> Iterator[str]:
+    """A local path for `uri` while the block runs: s3:// objects are downloaded to a temp folder that is
+    removed afterwards (every rank downloads once per start; leftovers would fill the node's /tmp)."""
     if not uri.startswith("s3://"):
-        return os.path.expanduser(uri)
+        yield os.path.expanduser(uri)
+        return
     parent, key = uri.rsplit("/", 1)
-    dest = os.path.join(tempfile.mkdtemp(prefix="msca-fetch-"), key)
-    open_store(parent, endpoint_url=endpoint_url).download_file(key, dest)
-    return dest
+    folder = tempfile.mkdtemp(prefix="msca-fetch-")
+    try:
+        dest = os.path.join(folder, key)
+        open_store(parent, endpoint_url=endpoint_url).download_file(key, dest)
+        yield dest
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

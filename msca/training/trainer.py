@@ -103,7 +103,9 @@ class Trainer:
         self.state = TrainState(**restored) if restored else TrainState()
         self.stop = install_stop_flag()  # normally already installed by the job entry
         # the store's history up to the restored step; anything after it is recomputed
-        self.metrics = MetricsLogger(home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main())
+        self.metrics = MetricsLogger(
+            home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main(), redone=self._redone()
+        )
         self.step_s = 0.0  # wall time inside training steps (the attempt ledger's productive time)
         self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -122,6 +124,12 @@ class Trainer:
             self.steps_per_epoch,
             self.total_steps,
         )
+
+    def _redone(self) -> tuple:
+        """Record kinds the resumed run logs again at the restored step: a checkpoint saved at an epoch's last
+        step, inside the loop, comes before that epoch's validation, which therefore runs (and logs) again."""
+        epoch_done = self.state.position // self.cfg.data.batch_size >= self.micro_per_epoch
+        return ("val",) if self.state.step and epoch_done else ()
 
     # ----------------------------------------------------------------------------------------- training
     def loss(self, batch) -> torch.Tensor:
