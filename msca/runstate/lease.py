@@ -153,14 +153,22 @@ class Lease:
                 log.warning("lease renewal failed (%s); retrying in %.0fs", err, self.renew_s)
 
     def renew(self) -> bool:
-        """Extend the lease; False (and `lost` set) if another job has taken it."""
+        """Extend the lease; False (and `lost` set) if another job has taken it. A refused write whose current
+        holder is still this attempt is our own earlier renewal (its reply was lost and the store's retry got
+        412, or the read after it failed): we adopt that version instead of concluding we were taken over."""
         if self.store.write_if_version(KEY, self._payload(time.time()), self._version):
             self._version = self.store.read_versioned(KEY)[1]
             return True
-        other, _ = self.current()
+        other, version = self.current()
+        if other is not None and self._is_us(other):
+            self._version = version
+            return True
         self.lost = f"the run's lease was taken over by {other.describe() if other else 'another job'}"
         log.error("%s: this job must stop writing", self.lost)
         return False
+
+    def _is_us(self, other: Holder) -> bool:
+        return (other.job_key, other.attempt) == (self.holder.job_key, self.holder.attempt)
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

@@ -1,0 +1,108 @@
+"""A lease that fences (issue 17): a renewal whose reply was lost keeps the lease, staleness is judged on the
+reader's own monotonic clock (never by comparing two machines' clocks), and the SLURM liveness shortcut only
+applies to a holder on the same SLURM cluster. Real SeaweedFS (through a real TCP proxy) and a local store."""
+
+import json
+import socket
+import threading
+import time
+from dataclasses import asdict, replace
+
+import pytest
+
+from msca.runstate.lease import KEY, Holder, Lease
+from msca.storage import open_store
+
+pytestmark = pytest.mark.slow  # real processes: a SeaweedFS server
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_store(str(tmp_path / "home"))
+    srv = request.getfixturevalue("s3_server")
+    return srv.store(f"s3://{srv.make_bucket()}/runs/r")
+
+
+def holder(job, attempt="a1", **kw):
+    return Holder(job_key=job, attempt=attempt, host="node1", pid=123, backend="slurm", **kw)
+
+
+# ---------------------------------------------------------------------------------- renewal under retries
+class DropOneReply:
+    """A TCP proxy in front of the S3 server. Once armed, it forwards the next conditional PUT (If-Match) to the
+    server, then swallows the server's final reply (botocore's `Expect: 100-continue` is let through, so the
+    body is sent) and closes the connection: the write happened, the client never
+    heard of it and retries (the retry gets 412)."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.armed, self.dropped = threading.Event(), threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            state = {"drop": False}
+            threading.Thread(target=self._pipe, args=(client, server, state, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, state, False), daemon=True).start()
+
+    def _pipe(self, src, dst, state, upstream):
+        try:
+            while data := src.recv(65536):
+                if upstream and self.armed.is_set() and data.startswith(b"PUT ") and b"if-match" in data.lower():
+                    self.armed.clear()
+                    state["drop"] = True
+                if not upstream and state["drop"] and not data.startswith(b"HTTP/1.1 100"):  # not "100 Continue"
+                    self.dropped.set()
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_renewal_whose_reply_was_lost_keeps_the_lease(s3_server):
+    proxy = DropOneReply(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
+    try:
+        store = open_store(
+            f"s3://{s3_server.make_bucket()}/runs/r",
+            endpoint_url=f"http://127.0.0.1:{proxy.port}",
+            aws_access_key_id=s3_server.access_key,
+            aws_secret_access_key=s3_server.secret_key,
+            region_name=s3_server.region,
+        )
+        lease = Lease(store, holder("slurm-11"), ttl_s=60)
+        lease.acquire()
+        proxy.armed.set()
+        assert lease.renew() is True and lease.lost == ""
+        assert proxy.dropped.is_set()  # the reply really was lost and the store's retry was refused
+        assert lease.renew() is True and lease.lost == ""  # the adopted version is the current one
+        assert json.loads(store.read_bytes(KEY))["attempt"] == "a1"
+    finally:
+        proxy.close()
+
+
+def test_a_refused_renewal_that_is_our_own_write_is_kept_and_a_takeover_is_not(store):
+    lease = Lease(store, holder("slurm-11"), ttl_s=60)
+    lease.acquire()
+    # our renewal landed but we never learnt its version (lost reply, or the read after it failed)
+    store.write_bytes(KEY, json.dumps(asdict(replace(lease.holder, renewed=time.time() + 1))).encode())
+    assert lease.renew() is True and lease.lost == ""
+    assert lease.renew() is True
+    Lease(store, holder("slurm-11", "a2"), ttl_s=60).acquire()  # a requeued attempt of the same job took it
+    assert lease.renew() is False and "attempt a2" in lease.lost
