@@ -27,8 +27,9 @@ def holder(job, attempt="a1"):
 
 
 def test_second_job_is_refused_naming_the_holder(store):
-    first = Lease(store, holder("slurm-11"), ttl_s=60)
+    first = Lease(store, holder("slurm-11"), ttl_s=60, renew_s=0.2)
     first.acquire()
+    first.start_renewing()  # alive: its lease object keeps changing
     with pytest.raises(LeaseHeld) as err:
         Lease(store, holder("slurm-22", "b1"), ttl_s=60).acquire()
     msg = str(err.value)

@@ -3,6 +3,7 @@ reader's own monotonic clock (never by comparing two machines' clocks), and the 
 applies to a holder on the same SLURM cluster. Real SeaweedFS (through a real TCP proxy) and a local store."""
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from msca.runstate.lease import KEY, Holder, Lease
+from msca.runstate.lease import KEY, Holder, Lease, LeaseHeld, live_holder
 from msca.storage import open_store
 
 pytestmark = pytest.mark.slow  # real processes: a SeaweedFS server
@@ -106,3 +107,56 @@ def test_a_refused_renewal_that_is_our_own_write_is_kept_and_a_takeover_is_not(s
     assert lease.renew() is True
     Lease(store, holder("slurm-11", "a2"), ttl_s=60).acquire()  # a requeued attempt of the same job took it
     assert lease.renew() is False and "attempt a2" in lease.lost
+
+
+# ---------------------------------------------------------------------------------- staleness by the reader
+def skewed(h: Holder, skew_s: float) -> bytes:
+    return json.dumps(asdict(replace(h, renewed=time.time() + skew_s))).encode()
+
+
+def start_skewed_holder(store, skew_s: float, every_s: float = 0.1):
+    """A live holder on a machine whose clock is `skew_s` off: it takes the lease, then rewrites it (store
+    primitives only, compare-and-swap on what it last wrote) every `every_s`, each time stamping its own wrong
+    clock. Returns (stop event, thread, errors seen by the thread)."""
+    h, stop, errors = holder("slurm-11"), threading.Event(), []
+    assert store.write_if_absent(KEY, skewed(h, skew_s))
+
+    def renew(version):
+        while not stop.wait(every_s):
+            if not store.write_if_version(KEY, skewed(h, skew_s), version):
+                errors.append("its lease was taken over")
+                return
+            version = store.read_versioned(KEY)[1]
+
+    thread = threading.Thread(target=renew, args=(store.read_versioned(KEY)[1],), daemon=True)
+    thread.start()
+    return stop, thread, errors
+
+
+def test_a_live_holder_whose_clock_is_10_minutes_behind_is_not_taken_over(store):
+    stop, renewer, errors = start_skewed_holder(store, -600)
+    try:
+        assert Holder(**json.loads(store.read_bytes(KEY))).renewed < time.time() - 590  # "10 minutes old"
+        with pytest.raises(LeaseHeld) as err:
+            Lease(store, holder("slurm-22", "b1"), ttl_s=2).acquire()
+        assert "slurm job slurm-11" in str(err.value) and "per its own clock" in str(err.value)
+        assert live_holder(store, 2).job_key == "slurm-11"  # the launcher refuses too
+    finally:
+        stop.set()
+        renewer.join(5)
+    assert errors == [] and json.loads(store.read_bytes(KEY))["job_key"] == "slurm-11"
+
+
+def test_a_silent_holder_whose_clock_is_ahead_is_taken_over_after_one_ttl_watched(store, caplog):
+    h = holder("slurm-11")
+    assert store.write_if_absent(KEY, skewed(h, +600))  # looks fresh for 10 minutes, but nobody renews it
+    t0 = time.monotonic()
+    assert live_holder(store, 1.0) is None  # the launcher lets a relaunch through: unchanged for a TTL
+    taker = Lease(store, holder("slurm-22", "b1"), ttl_s=1.0)
+    with caplog.at_level(logging.WARNING, logger="msca.runstate.lease"):
+        taker.acquire()
+    assert time.monotonic() - t0 >= 2.0  # each judged on this reader's clock, one TTL apart
+    assert json.loads(store.read_bytes(KEY))["job_key"] == "slurm-22"
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("watching its lease for up to 1s" in m for m in said) == 1, said
+    assert any("did not change for 1s" in m for m in said), said
