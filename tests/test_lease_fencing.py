@@ -4,6 +4,7 @@ applies to a holder on the same SLURM cluster. Real SeaweedFS (through a real TC
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -160,3 +161,44 @@ def test_a_silent_holder_whose_clock_is_ahead_is_taken_over_after_one_ttl_watche
     said = [r.getMessage() for r in caplog.records]
     assert sum("watching its lease for up to 1s" in m for m in said) == 1, said
     assert any("did not change for 1s" in m for m in said), said
+
+
+# ---------------------------------------------------------------------------------- SLURM shortcut, same cluster
+@pytest.fixture
+def slurm_cli_here(tmp_path, monkeypatch):
+    """SLURM's CLI as on a cluster named "here" whose controller never heard of any job: `squeue -j` answers
+    "Invalid job id specified". Fake scripts of SLURM's commands first on PATH; our code runs unchanged."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'ClusterName             = here'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_CLUSTER_NAME", raising=False)
+
+
+def test_squeue_says_gone_only_for_a_holder_on_our_own_slurm_cluster(slurm_cli_here, tmp_path):
+    assert holder("slurm-11", cluster="here").died_here()  # our cluster, purged job: gone at once
+    assert not holder("slurm-11", cluster="other").died_here()  # job 11 there may well be running
+    assert not holder("slurm-11").died_here()  # no cluster recorded (an older lease): no shortcut
+    store = open_store(str(tmp_path / "home"))
+    assert store.write_if_absent(KEY, json.dumps(asdict(holder("slurm-11", cluster="other"))).encode())
+    t0 = time.monotonic()
+    taker = Lease(store, holder("slurm-22", "b1"), ttl_s=1.0)
+    taker.acquire()  # taken over only after its lease stayed unchanged for a TTL watched here
+    assert time.monotonic() - t0 >= 1.0
+
+
+def test_a_job_records_its_slurm_cluster_in_the_lease(slurm_cli_here, tmp_path, monkeypatch):
+    from msca.runstate.home import RunHome
+    from msca.runstate.session import RunSession
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("MSCA_JOB_KEY", raising=False)
+    session = RunSession.open(RunHome(str(tmp_path / "run")), ["node1"], 1)
+    try:
+        lease = json.loads((tmp_path / "run" / KEY).read_text())
+        assert lease["job_key"] == "slurm-4242" and lease["cluster"] == "here"
+    finally:
+        session.close("finished")

@@ -38,14 +38,22 @@ class Holder:
     backend: str
     since: float = 0.0
     renewed: float = 0.0
+    cluster: str = ""  # its SLURM ClusterName ("" if none): its job id means something only there
 
     def died_here(self) -> bool:
         """True if we can see that the holder is gone, so there is no need to watch its lease for a TTL: it ran
         on this host and its process is gone, or it is a SLURM job that the scheduler no longer lists (neither
         running nor pending a requeue)."""
         if self.job_key.startswith("slurm-") and self.host != socket.gethostname():
-            return slurm_job_gone(self.job_key[len("slurm-") :])
+            return self.on_our_slurm_cluster() and slurm_job_gone(self.job_key[len("slurm-") :])
         return self.host == socket.gethostname() and self._process() is False
+
+    def on_our_slurm_cluster(self) -> bool:
+        """True only if it recorded a SLURM cluster and it is ours: another cluster sharing the bucket reuses job
+        ids, and its squeue would call a live job there "Invalid job id" here."""
+        from msca.runtime.host import slurm_cluster_name
+
+        return bool(self.cluster) and self.cluster == slurm_cluster_name()
 
     def alive_here(self) -> bool:
         """True if the holder ran on this host and its process is still there: live, no need to watch."""
