@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,50 @@ def test_a_job_records_its_slurm_cluster_in_the_lease(slurm_cli_here, tmp_path, 
         assert lease["job_key"] == "slurm-4242" and lease["cluster"] == "here"
     finally:
         session.close("finished")
+
+
+# ---------------------------------------------------------------------------------- a held lease is one line
+RANK_SCRIPT = """
+import logging, os, sys, time
+import torch.distributed as tdist
+rank = int(sys.argv[1])
+os.environ["RANK"] = str(rank)
+tdist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+logging.basicConfig(level=logging.INFO)
+from msca.runstate.lease import LeaseHeld
+from msca.runtime import failure
+from msca.runtime.collective import agreed
+
+def take():
+    if rank == 0:
+        raise LeaseHeld("run /runs/r is held by slurm job slurm-11 (attempt a1, pid 123 on node1); wait for it")
+
+try:
+    agreed(take, "taking the run's lease")
+except Exception as err:
+    time.sleep(1.0 if rank == 0 else 0.0)  # the collateral rank records first
+    failure.record(err)
+    logging.getLogger("jobs").error("%s", failure.one_line(err))
+"""
+
+
+def test_a_held_lease_is_one_line_named_for_the_rank_that_hit_it(tmp_path):
+    import subprocess
+    import sys
+
+    from msca.runtime import failure
+    from msca.runtime.dist import free_port
+
+    errors = tmp_path / "errors"
+    env = dict(os.environ, MSCA_ERROR_DIR=str(errors), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    port = str(free_port())
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), port], env=env, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    logs = [p.communicate(timeout=120)[1] for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), logs
+    assert "Traceback" not in logs[0], logs[0]  # an expected error: no traceback in the rank's log
+    said = failure.first_failure(errors)
+    assert said.startswith("rank 0 on ") and "failed first: LeaseHeld: run /runs/r is held by slurm job" in said
+    assert "\n" not in said and "(at " not in said, said
