@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -92,14 +91,15 @@ def prepare_home(cfg: DictConfig, overrides: list[str]) -> RunHome:
 
 
 def refuse_if_running(cfg: DictConfig) -> None:
-    """A second launch of a run whose job is alive would make two writers: refuse it, naming the holder."""
+    """A second launch of a run whose job is alive would make two writers: refuse it, naming the holder. Alive
+    is what `live_holder` proves (its process here, or its lease changing while we watch), never a comparison
+    of its timestamp with our clock; the age it reports is for people only."""
     home = RunHome(run_uri(cfg.store.root, cfg.run.name), cfg.store.endpoint_url)
     holder = live_holder(home.store, LEASE_TTL_S)
     if holder is not None:
         raise RunIsRunning(
-            f"run {cfg.run.name!r} is running: {holder.describe()}, lease renewed "
-            f"{time.time() - holder.renewed:.0f}s ago. Wait for it to end or stop it; a relaunch "
-            f"of the same run.name then resumes it"
+            f"run {cfg.run.name!r} is running: {holder.describe()}, lease {holder.renewed_ago()}. Wait for it "
+            f"to end or stop it; a relaunch of the same run.name then resumes it"
         )
 
 

@@ -19,7 +19,7 @@ import time
 from msca.runstate.attempts import Attempt, read_attempts, summarize
 from msca.runstate.checkpoint import MANIFEST, CheckpointManager
 from msca.runstate.home import RunHome, run_uri
-from msca.runstate.lease import live_holder
+from msca.runstate.lease import read_lease
 from msca.runstate.metrics import read_metrics
 from msca.runstate.session import LEASE_TTL_S
 from msca.storage import is_remote, open_store
@@ -27,9 +27,9 @@ from msca.storage import is_remote, open_store
 
 def status(home: RunHome, attempts: list[Attempt]) -> str:
     """running (lease age) | finished | stopped | failed: cause | vanished | launched."""
-    holder = live_holder(home.store, LEASE_TTL_S)
-    if holder is not None:
-        return f"running ({holder.backend} {holder.job_key}, lease renewed {time.time() - holder.renewed:.0f}s ago)"
+    holder, _ = read_lease(home.store)  # a listing cannot watch each lease for a TTL: its own clock, shown only
+    if holder is not None and not holder.died_here() and time.time() - holder.renewed < LEASE_TTL_S:
+        return f"running ({holder.backend} {holder.job_key}, lease {holder.renewed_ago()})"
     if not attempts:
         return "launched, never started" if home.exists() else "no run here"
     last = attempts[-1]

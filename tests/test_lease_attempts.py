@@ -27,13 +27,14 @@ def holder(job, attempt="a1"):
 
 
 def test_second_job_is_refused_naming_the_holder(store):
-    first = Lease(store, holder("slurm-11"), ttl_s=60)
+    first = Lease(store, holder("slurm-11"), ttl_s=60, renew_s=0.2)
     first.acquire()
+    first.start_renewing()  # alive: its lease object keeps changing
     with pytest.raises(LeaseHeld) as err:
-        Lease(store, holder("slurm-22", "b1"), ttl_s=60).acquire()
+        Lease(store, holder("slurm-22", "b1"), ttl_s=6).acquire()  # watches it change (polls every 0.5 s)
     msg = str(err.value)
     assert "slurm job slurm-11" in msg and "node1" in msg and re.search(r"renewed \d+s ago", msg) and "\n" not in msg
-    assert live_holder(store, 60).job_key == "slurm-11"
+    assert live_holder(store, 6).job_key == "slurm-11"
     first.release()
     assert not store.exists(KEY) and live_holder(store, 60) is None
     Lease(store, holder("slurm-22", "b1"), ttl_s=60).acquire()  # free again

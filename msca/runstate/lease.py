@@ -38,22 +38,40 @@ class Holder:
     backend: str
     since: float = 0.0
     renewed: float = 0.0
+    cluster: str = ""  # its SLURM ClusterName ("" if none): its job id means something only there
 
     def died_here(self) -> bool:
-        """True if we can see that the holder is gone, so there is no need to wait for its lease to expire:
-        it ran on this host and its process is gone, or it is a SLURM job that the scheduler no longer lists
-        (neither running nor pending a requeue)."""
+        """True if we can see that the holder is gone, so there is no need to watch its lease for a TTL: it ran
+        on this host and its process is gone, or it is a SLURM job that the scheduler no longer lists (neither
+        running nor pending a requeue)."""
         if self.job_key.startswith("slurm-") and self.host != socket.gethostname():
-            return slurm_job_gone(self.job_key[len("slurm-") :])
-        if self.host != socket.gethostname():
-            return False
+            return self.on_our_slurm_cluster() and slurm_job_gone(self.job_key[len("slurm-") :])
+        return self.host == socket.gethostname() and self._process() is False
+
+    def on_our_slurm_cluster(self) -> bool:
+        """True only if it recorded a SLURM cluster and it is ours: another cluster sharing the bucket reuses job
+        ids, and its squeue would call a live job there "Invalid job id" here."""
+        from msca.runtime.host import slurm_cluster_name
+
+        return bool(self.cluster) and self.cluster == slurm_cluster_name()
+
+    def alive_here(self) -> bool:
+        """True if the holder ran on this host and its process is still there: live, no need to watch."""
+        return self.host == socket.gethostname() and self._process() is True
+
+    def _process(self) -> bool | None:
+        """Whether a process with the holder's pid exists on this host (None: not ours to ask)."""
         try:
             os.kill(self.pid, 0)
-            return False
-        except ProcessLookupError:
             return True
-        except PermissionError:
+        except ProcessLookupError:
             return False
+        except PermissionError:
+            return True  # another user's process: something runs there, do not take it over
+
+    def renewed_ago(self) -> str:
+        """How long ago it says it renewed, by its own clock against ours: shown to people, never acted on."""
+        return f"renewed {time.time() - self.renewed:.0f}s ago per its own clock"
 
     def describe(self) -> str:
         return (
@@ -74,13 +92,51 @@ def slurm_job_gone(job_id: str) -> bool:
     return out.returncode == 0 and not out.stdout.strip()
 
 
-def live_holder(store: Store, ttl_s: float) -> Holder | None:
-    """The holder of the run's lease if it renewed it within `ttl_s` (a job is running), else None."""
+def read_lease(store: Store) -> tuple[Holder | None, str | None]:
+    """The lease's holder and version; (None, None) if there is none, (None, version) if it is unreadable."""
     try:
-        holder = Holder(**json.loads(store.read_bytes(KEY)))
-    except (FileNotFoundError, ValueError, TypeError):
+        data, version = store.read_versioned(KEY)
+    except FileNotFoundError:
+        return None, None
+    try:
+        return Holder(**json.loads(data)), version
+    except (ValueError, TypeError):
+        return None, version
+
+
+def watch(store: Store, version: str, ttl_s: float) -> str:
+    """Watch the lease object for up to `ttl_s` on this reader's monotonic clock: "renewed" as soon as it
+    changes (its holder is alive), "released" if it is deleted, "silent" if it stayed the same for the whole
+    TTL (its holder stopped renewing). Staleness is judged by this reader alone: the holder's timestamps come
+    from another machine's clock, and two minutes of skew must not take over a live run."""
+    poll_s = max(0.05, min(ttl_s / 12, 5.0))
+    deadline = time.monotonic() + ttl_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        _, now = read_lease(store)
+        if now is None:
+            return "released"
+        if now != version:
+            return "renewed"
+    return "silent"
+
+
+def live_holder(store: Store, ttl_s: float) -> Holder | None:
+    """The holder of the run's lease if its job is alive, else None. Alive is proven, never inferred from its
+    timestamp: its process runs on this host, or its lease object changed while we watched it (up to `ttl_s`,
+    so a silent lease costs the caller one TTL, said in one log line)."""
+    holder, version = read_lease(store)
+    if holder is None or holder.died_here():
         return None
-    return holder if time.time() - holder.renewed < ttl_s and not holder.died_here() else None
+    if holder.alive_here():
+        return holder
+    log.warning(
+        "run %s has a lease held by %s; watching it for up to %.0fs to see whether it is renewed",
+        store.url(),
+        holder.describe(),
+        ttl_s,
+    )
+    return holder if watch(store, version, ttl_s) == "renewed" else None
 
 
 class Lease:
@@ -94,14 +150,7 @@ class Lease:
 
     # ------------------------------------------------------------------------------------------- reading
     def current(self) -> tuple[Holder | None, str | None]:
-        try:
-            data, version = self.store.read_versioned(KEY)
-        except FileNotFoundError:
-            return None, None
-        try:
-            return Holder(**json.loads(data)), version
-        except (ValueError, TypeError):
-            return None, version  # unreadable: treat as expired
+        return read_lease(self.store)
 
     def _payload(self, now: float) -> bytes:
         self.holder.renewed = now
@@ -109,36 +158,62 @@ class Lease:
 
     # ------------------------------------------------------------------------------------------- taking
     def acquire(self) -> None:
-        """Take the lease or raise LeaseHeld naming its live holder."""
+        """Take the lease or raise LeaseHeld naming its live holder. A lease held by another job is taken over
+        only when that job is provably gone: its process is gone from this host, SLURM no longer lists it, or
+        its lease object did not change for a whole TTL while we watched (one log line says we wait)."""
         for _ in range(5):  # a few rounds: a contender may change it between our read and our write
-            now = time.time()
-            self.holder.since = now
-            if self.store.write_if_absent(KEY, self._payload(now)):
-                self._version = self.store.read_versioned(KEY)[1]
+            if self._write(None):
                 return
             other, version = self.current()
             if version is None:
                 continue  # released between the two calls
-            age = now - other.renewed if other else float("inf")
-            if other and other.job_key != self.holder.job_key and age < self.ttl_s and not other.died_here():
-                raise LeaseHeld(
-                    f"run {self.store.url()} is held by {other.describe()}, renewed {age:.0f}s ago; wait for it "
-                    f"to finish or stop it; if it died, relaunch after its lease expires "
-                    f"({self.ttl_s - age:.0f}s)"
-                )
-            if other:
-                why = (
-                    "a previous attempt of this job"
-                    if other.job_key == self.holder.job_key
-                    else f"{other.describe()}, whose process is gone"
-                    if other.died_here()
-                    else f"{other.describe()}, silent for {age:.0f}s"
-                )
-                log.warning("taking over the run's lease from %s", why)
-            if self.store.write_if_version(KEY, self._payload(now), version):
-                self._version = self.store.read_versioned(KEY)[1]
+            why = self._why_take_over(other, version)
+            if not why:
+                continue  # released while we watched
+            log.warning("taking over the run's lease from %s", why)
+            if self._write(version):
                 return
         raise LeaseHeld(f"could not take the lease {self.store.url(KEY)}: it keeps changing (another launch?)")
+
+    def _write(self, version: str | None) -> bool:
+        """Create the lease (version None) or swap it for ours if it is still at `version`."""
+        now = time.time()
+        self.holder.since = now
+        data = self._payload(now)
+        ok = (
+            self.store.write_if_absent(KEY, data)
+            if version is None
+            else self.store.write_if_version(KEY, data, version)
+        )
+        if ok:
+            self._version = self.store.read_versioned(KEY)[1]
+        return ok
+
+    def _why_take_over(self, other: Holder | None, version: str) -> str:
+        """Why the lease at `version` may be taken over ("" if it was released meanwhile); LeaseHeld if its
+        holder is alive."""
+        if other is None:
+            return "an unreadable lease"
+        if other.job_key == self.holder.job_key:
+            return "a previous attempt of this job"
+        if other.died_here():
+            return f"{other.describe()}, whose process is gone"
+        if not other.alive_here():
+            log.warning(
+                "run %s is held by %s; watching its lease for up to %.0fs to see whether it is renewed",
+                self.store.url(),
+                other.describe(),
+                self.ttl_s,
+            )
+            seen = watch(self.store, version, self.ttl_s)
+            if seen == "released":
+                return ""
+            if seen == "silent":
+                return f"{other.describe()}, whose lease did not change for {self.ttl_s:.0f}s"
+        raise LeaseHeld(
+            f"run {self.store.url()} is held by {other.describe()}, {other.renewed_ago()}, and it is alive; wait "
+            f"for it to finish or stop it (a relaunch of the same run.name then resumes it)"
+        )
 
     def start_renewing(self) -> None:
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
@@ -153,14 +228,22 @@ class Lease:
                 log.warning("lease renewal failed (%s); retrying in %.0fs", err, self.renew_s)
 
     def renew(self) -> bool:
-        """Extend the lease; False (and `lost` set) if another job has taken it."""
+        """Extend the lease; False (and `lost` set) if another job has taken it. A refused write whose current
+        holder is still this attempt is our own earlier renewal (its reply was lost and the store's retry got
+        412, or the read after it failed): we adopt that version instead of concluding we were taken over."""
         if self.store.write_if_version(KEY, self._payload(time.time()), self._version):
             self._version = self.store.read_versioned(KEY)[1]
             return True
-        other, _ = self.current()
+        other, version = self.current()
+        if other is not None and self._is_us(other):
+            self._version = version
+            return True
         self.lost = f"the run's lease was taken over by {other.describe() if other else 'another job'}"
         log.error("%s: this job must stop writing", self.lost)
         return False
+
+    def _is_us(self, other: Holder) -> bool:
+        return (other.job_key, other.attempt) == (self.holder.job_key, self.holder.attempt)
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

@@ -13,6 +13,7 @@ import socket
 from msca.runstate.attempts import AttemptLedger
 from msca.runstate.home import RunHome
 from msca.runstate.lease import Holder, Lease, LeaseHeld
+from msca.runtime.host import slurm_cluster_name
 
 LEASE_TTL_S = float(os.environ.get("MSCA_LEASE_TTL_S", "120"))
 
@@ -27,7 +28,14 @@ class RunSession:
         a = ledger.attempt
         lease = Lease(
             home.store,
-            Holder(job_key=a.job_key, attempt=a.id, host=socket.gethostname(), pid=os.getpid(), backend=a.backend),
+            Holder(
+                job_key=a.job_key,
+                attempt=a.id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                backend=a.backend,
+                cluster=slurm_cluster_name() if a.job_key.startswith("slurm-") else "",
+            ),
             ttl_s=LEASE_TTL_S,
             renew_s=max(1.0, LEASE_TTL_S / 6),
         )

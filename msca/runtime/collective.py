@@ -12,7 +12,8 @@ import logging
 import os
 
 from msca.runtime import dist
-from msca.runtime.failure import FAULT_ENV
+from msca.runtime.errors import is_user_error
+from msca.runtime.failure import FAULT_ENV, one_line
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,26 @@ class CollectiveError(RuntimeError):
 
 def agreed(fn, what: str):
     """Run `fn()` on this rank and agree on the outcome with every rank; returns this rank's result."""
+    own = None
     try:
         _inject(what)
         result, error = fn(), None
     except Exception as err:  # noqa: BLE001 - re-raised on every rank below
-        log.exception("%s failed on this rank", what)
-        result, error = None, f"{type(err).__name__}: {err}"
+        _log_own(what, err)
+        own, result, error = err, None, f"{type(err).__name__}: {err}"
     errors = dist.all_gather_object(error)
     for rank, err in enumerate(errors):
-        if err:
-            raise CollectiveError(f"{what} failed on rank {rank}: {err}")
+        if err:  # chained to this rank's own error, so the failure record names the rank that hit it
+            raise CollectiveError(f"{what} failed on rank {rank}: {err}") from own
     return result
+
+
+def _log_own(what: str, err: Exception) -> None:
+    """An expected error (a held lease, an unreachable store) is one line; a bug keeps its traceback."""
+    if is_user_error(err):
+        log.error("%s failed on this rank: %s", what, one_line(err))
+    else:
+        log.exception("%s failed on this rank", what)
 
 
 def from_main(fn, what: str):

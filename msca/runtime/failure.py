@@ -42,14 +42,15 @@ def record(err: BaseException) -> None:
     if not folder:
         return
     rank = os.environ.get("RANK", "0")
+    own = own_cause(err)
     entry = {
         "time": time.time(),
         "rank": int(rank),
         "host": socket.gethostname(),
-        "error": one_line(err),
-        "where": locate(err),
-        "expected": is_user_error(err),
-        "collateral": is_collateral(err),
+        "error": one_line(own),
+        "where": locate(own),
+        "expected": is_user_error(own),
+        "collateral": is_collateral(own),
         "traceback": "".join(traceback.format_exception(err)),
     }
     try:
@@ -57,6 +58,16 @@ def record(err: BaseException) -> None:
         (Path(folder) / f"rank{rank}.error.json").write_text(json.dumps(entry, indent=1))
     except OSError:
         pass  # the log folder is gone: the rank's own log still has the error
+
+
+def own_cause(err: BaseException) -> BaseException:
+    """The error this rank hit itself when an agreed section re-raised it as a CollectiveError (chained as its
+    cause): that one is this rank's story, not collateral, so the launcher blames this rank and not the one that
+    happened to record first."""
+    from msca.runtime.collective import CollectiveError
+
+    cause = err.__cause__ if isinstance(err, CollectiveError) else None
+    return cause if isinstance(cause, Exception) else err
 
 
 def is_collateral(err: BaseException) -> bool:

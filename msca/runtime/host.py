@@ -78,3 +78,19 @@ def squeue(job_id: str, timeout_s: float) -> subprocess.CompletedProcess | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def slurm_cluster_name(timeout_s: float = 10) -> str:
+    """The SLURM cluster this process is on ("" when there is none or we cannot tell): $SLURM_CLUSTER_NAME inside
+    a job, else `ClusterName` from `scontrol show config`. A job id names a job only on its own cluster."""
+    if os.environ.get("SLURM_CLUSTER_NAME"):
+        return os.environ["SLURM_CLUSTER_NAME"]
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        key, _, value = line.partition("=")
+        if key.strip() == "ClusterName":
+            return value.strip()
+    return ""
