@@ -21,7 +21,9 @@ from msca.bench.seeds import ROOT, launch, provenance, report
 
 README = ROOT / "README.md"
 # Lines of the default run worth showing (the rest is start-up noise and per-epoch checkpoint lines).
-KEEP = re.compile(r"^(run |local:|test top-1)|synthetic dataset written|msca\.training\.trainer: (model|epoch)|jobs\.evaluate")
+KEEP = re.compile(
+    r"^(run |local:|test top-1)|synthetic dataset written|msca\.training\.trainer: (model|epoch)|jobs\.evaluate"
+)
 
 
 def trim(output: str, root: str) -> str:
