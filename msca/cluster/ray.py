@@ -28,7 +28,7 @@ import uuid
 from typing import Callable
 
 from msca.cluster.base import STOP_GRACE_S, Backend, Handle, JobSpec, stop_gracefully
-from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, user_runtime_env
+from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, masked, user_runtime_env
 from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED, EXIT_USAGE, is_deterministic
 from msca.runtime.host import REPO
 from msca.runtime.preemption import StopRequested
@@ -313,7 +313,7 @@ class RayBackend(Backend):
         if cluster.use_gpu:
             resources["GPU"] = resources.get("GPU", 1.0)
         env = worker_runtime_env(cluster)
-        env_vars = {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in env.get("env_vars", {}).items()}
+        env_vars = masked(env.get("env_vars"))
         plan = {
             "address": cluster.address or "a private local Ray on 127.0.0.1",
             "trainer": "ray.train.torch.TorchTrainer",

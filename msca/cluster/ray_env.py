@@ -41,3 +41,8 @@ def job_runtime_env() -> dict:
     """The runtime_env of the Jobs API job this process runs in ({} outside one)."""
     raw = os.environ.get(JOB_CONFIG_ENV)
     return (json.loads(raw).get("runtime_env") or {}) if raw else {}
+
+
+def masked(env_vars: dict) -> dict:
+    """env_vars as a dry run shows them: a secret's value replaced by "<set>"."""
+    return {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in (env_vars or {}).items()}

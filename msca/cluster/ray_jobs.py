@@ -26,7 +26,7 @@ import urllib.request
 
 from omegaconf import DictConfig
 
-from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, user_runtime_env
+from msca.cluster.ray_env import forwarded_env_vars, job_runtime_env, masked, user_runtime_env
 from msca.runtime.errors import EXIT_FAILED, EXIT_STOPPED
 from msca.runtime.host import REPO
 
@@ -95,7 +95,7 @@ def submission_runtime_env(cluster) -> dict:
 def describe_submission(cfg: DictConfig, overrides: list[str]) -> str:
     """A dry run: the entrypoint and runtime_env the Jobs API would get (secrets as names only); nothing sent."""
     env = submission_runtime_env(cfg.cluster)
-    env["env_vars"] = {k: ("<set>" if "SECRET" in k or "TOKEN" in k else v) for k, v in env["env_vars"].items()}
+    env["env_vars"] = masked(env["env_vars"])
     plan = {"address": cfg.cluster.address, "entrypoint": entrypoint(overrides, cfg.run.name), "runtime_env": env}
     return "# cluster=ray (Jobs API): nothing is submitted\n" + json.dumps(plan, indent=2, default=str)
 
