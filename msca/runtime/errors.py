@@ -51,6 +51,7 @@ DETERMINISTIC = {
     "StoreAuthError",
     "BucketNotFoundError",
     "LeaseHeld",
+    "LeaseLost",
     "ValidationError",
     "ConfigKeyError",
     "ConfigTypeError",
