@@ -43,6 +43,7 @@ class Holder:
     since: float = 0.0
     renewed: float = 0.0
     cluster: str = ""  # its SLURM ClusterName ("" if none): its job id means something only there
+    released: str = ""  # set by whoever proved the holder gone (e.g. launch.py on its host): anyone may take it
 
     def died_here(self) -> bool:
         """True if we can see that the holder is gone, so there is no need to watch its lease for a TTL: it ran
@@ -128,9 +129,14 @@ def watch(store: Store, version: str, ttl_s: float) -> str:
 def live_holder(store: Store, ttl_s: float) -> Holder | None:
     """The holder of the run's lease if its job is alive, else None. Alive is proven, never inferred from its
     timestamp: its process runs on this host, or its lease object changed while we watched it (up to `ttl_s`,
-    so a silent lease costs the caller one TTL, said in one log line)."""
+    so a silent lease costs the caller one TTL, said in one log line). A death proven here is recorded in the
+    lease (`released`), so the job this caller starts on another machine, which cannot see this host's
+    processes, takes the run at once instead of watching it for a TTL."""
     holder, version = read_lease(store)
-    if holder is None or holder.died_here():
+    if holder is None or holder.released:
+        return None
+    if holder.died_here():
+        record_released(store, holder, version, f"its process is gone (seen from {socket.gethostname()})")
         return None
     if holder.alive_here():
         return holder
@@ -140,7 +146,21 @@ def live_holder(store: Store, ttl_s: float) -> Holder | None:
         holder.describe(),
         ttl_s,
     )
-    return holder if watch(store, version, ttl_s) == "renewed" else None
+    seen = watch(store, version, ttl_s)
+    if seen == "silent":
+        record_released(store, holder, version, f"its lease did not change for {ttl_s:.0f}s")
+    return holder if seen == "renewed" else None
+
+
+def record_released(store: Store, holder: Holder, version: str, why: str) -> None:
+    """Mark the lease at `version` as its holder's proven end (only if it is still that version); best effort:
+    without it the next job merely watches the lease for a TTL."""
+    holder.released = why
+    try:
+        if store.write_if_version(KEY, json.dumps(asdict(holder), indent=1).encode(), version):
+            log.info("recorded in %s that %s ended: %s", store.url(KEY), holder.describe(), why)
+    except Exception as err:  # noqa: BLE001 - the record only saves the next job a TTL
+        log.warning("could not record in %s that its holder ended (%s)", store.url(KEY), err)
 
 
 class Lease:
@@ -167,6 +187,7 @@ class Lease:
         """Take the lease or raise LeaseHeld naming its live holder. A lease held by another job is taken over
         only when that job is provably gone: its process is gone from this host, SLURM no longer lists it, or
         its lease object did not change for a whole TTL while we watched (one log line says we wait)."""
+        self.store.check_conditional_writes()  # a store that ignores them would let two jobs both take it
         for _ in range(5):  # a few rounds: a contender may change it between our read and our write
             if self._write(None):
                 return
@@ -203,6 +224,8 @@ class Lease:
             return "an unreadable lease"
         if other.job_key == self.holder.job_key:
             return "a previous attempt of this job"
+        if other.released:
+            return f"{other.describe()}, recorded as ended: {other.released}"
         if other.died_here():
             return f"{other.describe()}, whose process is gone"
         if not other.alive_here():

@@ -52,6 +52,7 @@ DETERMINISTIC = {
     "BucketNotFoundError",
     "LeaseHeld",
     "LeaseLost",
+    "ConditionalWritesUnsupported",
     "ValidationError",
     "ConfigKeyError",
     "ConfigTypeError",

@@ -26,6 +26,7 @@ from msca.runstate.lease import LeaseLost
 from msca.runstate.metrics import MetricsLogger
 from msca.runstate.session import RunSession
 from msca.runtime import dist, failure
+from msca.runtime.collective import agreed
 from msca.runtime.precision import DTYPES
 from msca.runtime.preemption import EvaluationInterrupted, StopRequested
 from msca.runtime.preemption import install as install_stop_flag
@@ -240,16 +241,20 @@ class Trainer:
         if self.session is not None:
             self.session.check_lease()
         if getattr(self, "metrics", None) is not None:
-            self.sync_metrics()
+            self._upload_metrics()  # already inside the agreed commit section
 
     def _on_commit(self, step: int, stall_s: float) -> None:
         if self.session is not None:
             self.session.ledger.committed(step, self.ckpt.stall_s)
 
     def sync_metrics(self) -> None:
-        """Metrics and TensorBoard files to the store (a no-op for a local store). Skipped once the lease can no
-        longer be proven: a fenced writer must not raise here, outside an agreed section (the step boundary
-        ends every rank together)."""
+        """Metrics and TensorBoard files to the store; collective (every rank calls it), so a store error on rank
+        0 reaches every rank instead of stranding them in the next collective."""
+        agreed(self._upload_metrics, "syncing metrics to the store")
+
+    def _upload_metrics(self) -> None:
+        """(rank 0's part) a no-op for a local store, and skipped once the lease can no longer be proven (the
+        step boundary then ends every rank together)."""
         if dist.is_main() and self._holds_lease(prove=True):
             self.metrics.flush()
             self.home.sync_up("metrics.jsonl")
