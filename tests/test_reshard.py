@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,17 +220,40 @@ CONVERSIONS += [(4, "2->4", 2), (4, "zero3->zero3", 3), (4, "zero2->zero1", 2)]
 def test_restored_masters_moments_and_lr_equal_the_checkpoints(restored, world, case, source_stage):
     saved, results, _ = restored
     expected = saved[source_stage]
-    for rank, got in enumerate(results[world]):
+    assert expected["lr"] == pytest.approx(1e-2 / (1 + SAVED_STEP))  # the schedule's state came back too
+    for got in results[world]:  # every rank gathers the whole tensors
         got = got[case]
-        assert "error" not in got, got.get("error")
+        assert_restored(got, expected)
         assert got["state"] == {"epoch": 0, "samples": 12, "step": SAVED_STEP, "global_batch": 4}
         assert got["restored_world"] == 2
-        assert got["lr"] == expected["lr"] == pytest.approx(1e-2 / (1 + SAVED_STEP))
-        for name in expected:
-            if name == "lr":
-                continue
-            for kind in ("fp32", "exp_avg", "exp_avg_sq"):
-                assert torch.equal(got[name][kind], expected[name][kind]), (rank, name, kind)
+
+
+def assert_restored(got: dict, expected: dict) -> None:
+    assert "error" not in got, got.get("error")
+    assert got["lr"] == expected["lr"]
+    for name in (k for k in expected if k != "lr"):
+        for kind in ("fp32", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(got[name][kind], expected[name][kind]), (name, kind)
+
+
+@pytest.mark.slow
+def test_s3_home_converts_on_node_local_staging(s3_env, tmp_path, monkeypatch):
+    """A run home in S3: rank 0 downloads the source shards, converts on its scratch, uploads the conversion
+    (every object matching its manifest), and the ranks fetch and load it like any checkpoint."""
+    monkeypatch.setenv("MSCA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    home = f"s3://{s3_env.make_bucket()}/runs/x"
+    saved = spawn(2, tmp_path, "save", {2: home})[0][2]
+    for world in (1, 4):
+        for result in spawn(world, tmp_path, "load", [("s3", home, 2, "")]):  # every rank
+            assert_restored(result["s3"], saved)
+    store = s3_env.store(home).child("checkpoints")
+    manifest = json.loads(store.read_text("step_000000003/universal/MANIFEST.json"))
+    assert len(manifest["objects"]) > 5
+    for obj in manifest["objects"]:
+        assert store.size(obj["key"]) == obj["size"]
+    assert not list((tmp_path / "scratch").rglob("*.pt"))  # staging cleaned after the restore
 
 
 @pytest.mark.slow
@@ -342,6 +367,11 @@ def test_stopped_on_2_ranks_resumed_on_another_number_trains_the_same_run(uninte
     attempts = read_attempts(_store(home))
     ledger = [(a.world_size, a.restored_step, a.end_reason) for a in attempts]
     assert ledger == [(2, 0, "finished"), (world, 4, "finished")]
+    shown = subprocess.run(
+        [sys.executable, "-m", "msca.runs", "show", str(home)], capture_output=True, text=True, timeout=120
+    ).stdout.splitlines()
+    rows = [line.split() for line in shown if line.split()[:1] and line.split()[0] in {a.id for a in attempts}]
+    assert [row[4] for row in rows] == ["2", str(world)]  # `msca.runs show`: the ranks column of each attempt
     assert not (home / "checkpoints" / "step_000000004").exists()  # kept 2: the conversion went with its source
 
 
