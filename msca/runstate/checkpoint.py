@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from msca.runstate.home import RunHome
-from msca.runstate.reshard import SUBDIR, UNIVERSAL, convert, describe, plan, zero_stage_of
+from msca.runstate.reshard import DIRECT, SUBDIR, UNIVERSAL, convert, describe, plan, zero_stage_of
 from msca.runtime import dist
 from msca.runtime.collective import CollectiveError, agreed, from_main
 from msca.runtime.host import private_dir, private_umask
@@ -582,10 +582,13 @@ class CheckpointManager:
         src_world, src_stage, step = manifest["world_size"], zero_stage_of(manifest), manifest["step"]
         world, stage = dist.world_size(), self.zero_stage()
         how = plan(step, src_world, src_stage, world, stage)
-        if (src_world, src_stage) != (world, stage) and dist.is_main():
-            what = "converting (universal checkpoint)" if how == UNIVERSAL else "loading it as it is (ZeRO-0)"
-            log.warning("%s", describe(step, src_world, src_stage, world, stage, what))
-        return how
+        if how == DIRECT and (src_world, src_stage) != (world, stage) and dist.is_main():
+            log.warning("%s", describe(step, src_world, src_stage, world, stage, "loading it as it is (ZeRO-0)"))
+        return how  # UNIVERSAL is said by rank 0 once it knows whether it converts or reuses a conversion
+
+    def _say(self, manifest: dict, how: str) -> None:
+        shape = (manifest["world_size"], zero_stage_of(manifest), dist.world_size(), self.zero_stage())
+        log.warning("%s", describe(manifest["step"], *shape, how))
 
     def _universal(self, manifest: dict) -> tuple[dict | None, str, str]:
         """(universal manifest, '', '') from rank 0, which reuses a committed conversion that verifies or makes
@@ -626,8 +629,9 @@ class CheckpointManager:
         tag = manifest["tag"]
         reused = self._committed_universal(tag)
         if reused is not None:
-            log.info("using the universal checkpoint of %s converted by an earlier start", tag)
+            self._say(manifest, "using the universal checkpoint an earlier start converted")
             return (reused, False), "", ""
+        self._say(manifest, "converting (universal checkpoint)")
         work = None if self.in_place else self.staging / "convert"
         t0 = time.perf_counter()
         try:
