@@ -14,6 +14,7 @@ from msca.data import build_dataset
 from msca.runstate.home import RunHome
 from msca.runstate.metrics import read_metrics
 from msca.runtime import dist, preemption
+from msca.runtime.collective import agreed
 from msca.runtime.precision import DTYPES
 from msca.runtime.preemption import EvaluationInterrupted, StopRequested
 from msca.training.build import build_model
@@ -37,8 +38,8 @@ def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
     except EvaluationInterrupted as stop:  # rerun by the relaunch: training is done, its weights committed
         raise StopRequested(-1, stop.signum, during="during the final evaluation") from None
     res.update(run=home.name, model=cfg.model.name, views=f"{cfg.data.test_clips}x{cfg.data.test_crops}")
+    agreed(lambda: write_results(home, res, plots=cfg.eval.plots) if dist.is_main() else None, "writing results.json")
     if dist.is_main():
-        write_results(home, res, plots=cfg.eval.plots)
         log.info(
             "test %s: top-1 %.2f%% top-5 %.2f%% on %d videos (%s views) -> %s",
             cfg.model.name,

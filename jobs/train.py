@@ -31,7 +31,7 @@ class Train(Job):
             "taking the run's lease",
         )
         try:
-            result = self.train(cfg, home, session)
+            result = self.train(cfg, session.fenced(home) if session is not None else home, session)
         except StopRequested:
             if session is not None:
                 session.close("stopped")

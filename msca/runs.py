@@ -28,7 +28,12 @@ from msca.storage import is_remote, open_store
 def status(home: RunHome, attempts: list[Attempt]) -> str:
     """running (lease age) | finished | stopped | failed: cause | vanished | launched."""
     holder, _ = read_lease(home.store)  # a listing cannot watch each lease for a TTL: its own clock, shown only
-    if holder is not None and not holder.died_here() and time.time() - holder.renewed < LEASE_TTL_S:
+    if (
+        holder is not None
+        and not holder.released
+        and not holder.died_here()
+        and time.time() - holder.renewed < LEASE_TTL_S
+    ):
         return f"running ({holder.backend} {holder.job_key}, lease {holder.renewed_ago()})"
     if not attempts:
         return "launched, never started" if home.exists() else "no run here"

@@ -81,7 +81,8 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def ray_s3(ray_cluster, tmp_path_factory):
     """SeaweedFS on the namespaces' bridge address only (the nodes route to it; this host has it too), with a
-    random secret."""
+    random secret, which the cluster's nodes get as a site provisions them: their own credentials file
+    (infra/ray/cluster.sh points AWS_SHARED_CREDENTIALS_FILE at it), never through a job's runtime_env."""
     workdir = tmp_path_factory.mktemp("seaweedfs-ray")
     base = free_port_base()
     ak, sk = "msca-test", f"secret-{uuid.uuid4().hex[:16]}"
@@ -104,6 +105,9 @@ def ray_s3(ray_cluster, tmp_path_factory):
     if r.returncode != 0:
         raise RuntimeError(f"SeaweedFS did not start (rc={r.returncode}):\n{r.stdout}\n{r.stderr}")
     server = S3Server(f"http://{BRIDGE_IP}:{base}", ak, sk, workdir, int((workdir / "weed.pid").read_text()))
+    creds = ray_cluster.dir / "etc" / "aws-credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {ak}\naws_secret_access_key = {sk}\n")
+    creds.chmod(0o600)
     try:
         yield server
     finally:

@@ -406,3 +406,26 @@ def test_every_backend_has_a_dry_run_that_writes_and_starts_nothing(tmp_path, ba
         assert line in out, out
     assert "s3cr3t-value" not in out
     assert not (tmp_path / "store").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_ray_forwards_store_credentials_only_when_asked(tmp_path, forward):
+    """Ray keeps a job's runtime_env in its records (dashboard, `ray job list`): this shell's S3 credentials stay
+    out of it unless cluster.forward_credentials=true (then the dry run shows them as <set>); the endpoint and
+    msca's timeouts are forwarded either way."""
+    proc = run_launch(
+        small_overrides(tmp_path, tmp_path / "data", "dry")
+        + ["cluster=ray", "cluster.address=http://127.0.0.1:9", "cluster.dry_run=true"]
+        + [f"cluster.forward_credentials={str(forward).lower()}"],
+        env={
+            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+            "MSCA_S3_ENDPOINT": "http://s3:1",
+        },
+        timeout=60,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert '"MSCA_S3_ENDPOINT": "http://s3:1"' in out and "s3cr3t-value" not in out
+    assert ('"AWS_SECRET_ACCESS_KEY": "<set>"' in out) is forward, out
+    assert ('"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"' in out) is forward, out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msca.runstate.lease import KEY, Holder, Lease, LeaseHeld, live_holder
+from msca.runstate.lease import KEY, Holder, Lease, LeaseHeld, live_holder, read_lease
 from msca.storage import open_store
 
 pytestmark = pytest.mark.slow  # real processes: a SeaweedFS server
@@ -250,3 +250,144 @@ def test_a_held_lease_is_one_line_named_for_the_rank_that_hit_it(tmp_path):
     said = failure.first_failure(errors)
     assert said.startswith("rank 0 on ") and "failed first: LeaseHeld: run /runs/r is held by slurm job" in said
     assert "\n" not in said and "(at " not in said, said
+
+
+# ---------------------------------------------------------------------------------- conditional-write probe
+class StubS3(threading.Thread):
+    """A tiny S3 endpoint (PUT, GET, HEAD, DELETE of objects in one bucket; no auth) that does what some
+    S3-compatible servers do with conditional writes: `mode="ignore"` writes whatever the If-None-Match /
+    If-Match headers say, `mode="501"` answers 501 NotImplemented to any conditional PUT."""
+
+    def __init__(self, mode: str):
+        import http.server
+        import uuid as _uuid
+
+        objects: dict = {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", headers=None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_PUT(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if mode == "501" and (self.headers.get("If-None-Match") or self.headers.get("If-Match")):
+                    body = b"<Error><Code>NotImplemented</Code><Message>conditional PUT</Message></Error>"
+                    return self._send(501, body, {"Content-Type": "application/xml"})
+                etag = f'"{_uuid.uuid4().hex}"'
+                objects[self.path] = (data, etag)
+                self._send(200, headers={"ETag": etag})
+
+            def do_GET(self):
+                if "/" not in self.path.strip("/").split("?")[0]:  # the bucket itself (HEAD bucket)
+                    return self._send(200)
+                if self.path not in objects:
+                    body = b"<Error><Code>NoSuchKey</Code><Message>no such key</Message></Error>"
+                    return self._send(404, body, {"Content-Type": "application/xml"})
+                data, etag = objects[self.path]
+                self._send(200, data, {"ETag": etag})
+
+            do_HEAD = do_GET
+
+            def do_DELETE(self):
+                objects.pop(self.path, None)
+                self._send(204)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(target=self.server.serve_forever, daemon=True)
+        self.start()
+
+
+@pytest.mark.parametrize(
+    "mode,said", [("ignore", "ignores conditional writes (If-None-Match, If-Match)"), ("501", "answered 501")]
+)
+def test_an_endpoint_that_ignores_or_refuses_preconditions_cannot_hold_a_lease(monkeypatch, mode, said):
+    from msca.runtime.errors import is_deterministic, is_user_error
+    from msca.storage import ConditionalWritesUnsupported
+
+    stub = StubS3(mode)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "stub")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "stub")
+    store = open_store("s3://bucket/runs/r", endpoint_url=stub.url)
+    t0 = time.monotonic()
+    with pytest.raises(ConditionalWritesUnsupported) as raised:
+        Lease(store, holder("slurm-11"), ttl_s=60).acquire()
+    took = time.monotonic() - t0
+    stub.server.shutdown()
+    message = str(raised.value)
+    assert said in message and "cannot guarantee one writer per run" in message and "\n" not in message
+    assert "bucket 'bucket'" in message and stub.url.split("//")[1] in message
+    assert is_user_error(raised.value) and is_deterministic(raised.value)
+    assert took < 10  # a 501 is an answer, not an outage: no 60 s of retries
+    assert not store.exists(KEY)  # no lease was written
+
+
+def test_seaweedfs_passes_the_conditional_write_probe_and_leaves_nothing(s3_server):
+    store = s3_server.store(f"s3://{s3_server.make_bucket()}/runs/r")
+    store.check_conditional_writes()
+    assert store.list("") == []
+
+
+# ---------------------------------------------------------------------------------- a death proven here is recorded
+HOLD = """
+import sys, time
+from msca.runstate.lease import Holder, Lease
+from msca.storage import open_store
+import os, socket
+lease = Lease(open_store(sys.argv[1]), Holder("local-1", "a1", socket.gethostname(), os.getpid(), "local"), ttl_s=60)
+lease.acquire()
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+TAKE = """
+import sys, time
+from msca.runstate.lease import Holder, Lease
+from msca.storage import open_store
+t0 = time.monotonic()
+Lease(open_store(sys.argv[1]), Holder("slurm-5", "b1", "node9", 1, "slurm"), ttl_s=60).acquire()
+print(f"took it in {time.monotonic() - t0:.1f}s")
+"""
+
+
+def test_a_holder_proven_dead_on_this_host_is_recorded_so_a_job_elsewhere_takes_the_run_at_once(tmp_path):
+    """A local run killed -9, then relaunched elsewhere (cluster=slurm): launch.py sees the holder's pid gone on
+    its own host and records that in the lease; the job on another host, which cannot see this host's pids,
+    then takes the run at once instead of watching the lease for a whole TTL (60 s here)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    home = str(tmp_path / "home")
+    held = subprocess.Popen([sys.executable, "-c", HOLD, home], env=env, stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "holding"
+    held.kill()
+    held.wait()
+    store = open_store(home)
+    assert live_holder(store, ttl_s=60) is None  # what launch.py asks before it submits
+    holder, _ = read_lease(store)
+    assert holder.pid == held.pid and "its process is gone" in holder.released
+    taken = subprocess.run(
+        ["unshare", "--uts", "sh", "-c", 'hostname node9 && exec "$0" -c "$1" "$2"', sys.executable, TAKE, home],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert taken.returncode == 0, taken.stderr
+    seconds = float(taken.stdout.split("took it in ")[1].rstrip("s\n"))
+    assert seconds < 30, taken.stdout  # not after watching the lease for its 60 s TTL
+    assert "recorded as ended: its process is gone" in taken.stderr
+    assert read_lease(store)[0].job_key == "slurm-5"

@@ -15,6 +15,10 @@
 # dependencies (a real cluster's image does the same), and RAY_JOB_STOP_WAIT_TIME_S=300: `ray job stop` sends the
 # job's launch.py SIGTERM and Ray's default SIGKILL 3 s later would leave no time for the stop checkpoint.
 #
+# The two nodes find S3 credentials through their own chain, as a real site's nodes do (an instance role, a
+# provisioned file): AWS_SHARED_CREDENTIALS_FILE=DIR/etc/aws-credentials, which whoever owns the cluster writes
+# (tests: the ray_s3 fixture). msca never ships secrets in a job's runtime_env (msca.cluster.ray_env).
+#
 # Never `ray stop`: it kills every Ray process on the host, other people's included. Each node is one
 # `ray start --block` process in its own session; `down` sends it SIGTERM (it stops its raylet, GCS, workers),
 # then kills whatever is left in that session and in our namespaces.
@@ -117,7 +121,7 @@ network() {
 spawn() {
   local name=$1 logf=$2; shift 2
   mkdir -p "$B/local/$name"  # the node's own disk: caches and checkpoint staging are per node, as on a cluster
-  setsid env MSCA_CACHE="$B/local/$name/cache" TMPDIR="$B/local/$name" \
+  setsid env MSCA_CACHE="$B/local/$name/cache" TMPDIR="$B/local/$name" AWS_SHARED_CREDENTIALS_FILE="$B/etc/aws-credentials" \
     nsenter --net=/run/netns/msca-ray-$name unshare --uts --mount -- bash -c \
     'hostname "$0"; mount --bind "$1/etc/hosts" /etc/hosts; mount --bind "$1/etc/resolv.conf" /etc/resolv.conf
      shift; exec "$@"' "$name" "$B" "$@" </dev/null >>"$logf" 2>&1 &

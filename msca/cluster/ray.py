@@ -6,9 +6,11 @@ home's store and commit protocol, so a restarted worker group (worker or node lo
 the newest committed step like a SLURM requeue or a local relaunch, and a run can move between backends. With a
 Jobs API address (http://HEAD:8265) launch.py submits itself to the cluster instead: msca.cluster.ray_jobs.
 
-Ray retries any worker error; deterministic ones (a config error, an incompatible checkpoint) would fail the
-same way on every retry, so the workers catch them and return them as the run's result instead: the driver
-ends the run at once with the cause. Ray Train V2 runs the training function in a thread (no signal handlers):
+Ray retries any worker error; deterministic ones (a config error, an incompatible checkpoint, a node whose
+scratch is unusable) would fail the same way on every retry. A worker that hits one records it in Ray's KV store
+(the first one wins) and raises, so Ray tears the whole group down at once (a worker that merely returned would
+leave its peers waiting in a collective for its timeout); a restarted group finds the record and ends at once,
+and the driver reports that worker's cause. Ray Train V2 runs the training function in a thread (no signal handlers):
 a stop is asked for through the run's stop key in Ray's KV store, which a watcher thread turns into the job's
 stop flag. This module and msca.cluster.ray_jobs are the only importers of ray besides tests.
 """
@@ -71,6 +73,9 @@ def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, 
     os.environ.update(MSCA_BACKEND="ray", MSCA_JOB_KEY=job_key, OMP_NUM_THREADS=str(threads))
     from msca.runtime import preemption
 
+    failed = recorded_failure(job_key)
+    if failed:  # a group restarted after a deterministic failure: it would fail the same way
+        return {"status": "failed", "error": failed}
     watcher = watch_stop(job_key, preemption.install())
     try:
         result = make_callable(run_uri, endpoint_url)()
@@ -81,12 +86,53 @@ def run_worker(make_callable: Callable, run_uri: str, endpoint_url: str | None, 
     except Exception as err:
         if not is_deterministic(err):
             raise  # worker-side faults: Ray restarts the group (FailureConfig.max_failures)
-        logging.getLogger("jobs").error(
-            "not retried (a retry would fail the same way): %s: %s", type(err).__name__, err
-        )
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        error = f"{worker_name()}: {type(err).__name__}: {' '.join(str(err).split())}"
+        logging.getLogger("jobs").error("not retried (a retry would fail the same way): %s", error)
+        record_failure(job_key, error)
+        raise DeterministicFailure(error) from None  # the whole group goes down now, not at a peer's timeout
     finally:
         watcher.set()
+
+
+class DeterministicFailure(RuntimeError):
+    """Raised by the worker that hit a deterministic error (recorded for the driver): tears the group down."""
+
+
+def failure_key(job_key: str) -> bytes:
+    return f"failed/{job_key}".encode()
+
+
+def worker_name() -> str:
+    """'rank R on HOST' for this Ray Train worker."""
+    import socket
+
+    try:
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+    except Exception:  # noqa: BLE001 - outside a Ray Train worker (tests)
+        rank = os.environ.get("RANK", "?")
+    return f"rank {rank} on {socket.gethostname()}"
+
+
+def record_failure(job_key: str, error: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(failure_key(job_key), error.encode(), overwrite=False, namespace=STOP_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the GCS is unreachable: the group still fails (retried, then reported)
+        logging.getLogger("jobs").warning("could not record the failure in Ray's KV store")
+
+
+def recorded_failure(job_key: str) -> str:
+    """The deterministic failure a worker of this job recorded ("" if none)."""
+    from ray.experimental import internal_kv
+
+    try:
+        value = internal_kv._internal_kv_get(failure_key(job_key), namespace=STOP_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the cluster is going away
+        return ""
+    return value.decode() if value else ""
 
 
 # ------------------------------------------------------------------------------------------------ driver side
@@ -108,7 +154,7 @@ def worker_runtime_env(cluster) -> dict:
     ray.init runtime_env that repeats any of its keys: only what the job lacks is added."""
     job = job_runtime_env()
     env = user_runtime_env(cluster)
-    env_vars = forwarded_env_vars(env.get("env_vars"))
+    env_vars = forwarded_env_vars(env.get("env_vars"), cluster.forward_credentials)
     if cluster.address and not job.get("working_dir"):
         env.setdefault("working_dir", str(REPO))
     elif not job.get("working_dir"):
@@ -184,10 +230,12 @@ def request_stop(job_key: str, signum: int) -> None:
 
 
 def clear_stop(job_key: str) -> None:
+    """Remove the job's stop request and failure record from Ray's KV store."""
     from ray.experimental import internal_kv
 
     try:
         internal_kv._internal_kv_del(stop_key(job_key), namespace=STOP_NAMESPACE)
+        internal_kv._internal_kv_del(failure_key(job_key), namespace=STOP_NAMESPACE)
     except Exception:  # noqa: BLE001 - the cluster is going away: nothing to clean
         pass
 
@@ -357,10 +405,14 @@ class RayBackend(Backend):
                 flush=True,
             )
             result, error = fit(trainer_for(spec, cluster, job_key), job_key, cluster.max_failures)
+            failed = recorded_failure(job_key)  # a deterministic failure, whatever fit() made of it
         finally:
             clear_stop(job_key)
             ray.shutdown()
         desc = f"job {job_key} ({cluster.num_workers} worker(s)) on {where}"
+        if failed:
+            print(f"[ray] the run failed and was not retried: {failed}", file=sys.stderr, flush=True)
+            return Handle(self.name, desc, returncode=EXIT_USAGE)
         if error:
             return Handle(self.name, desc, returncode=EXIT_FAILED, error=error)
         outcome = result.return_value or {}

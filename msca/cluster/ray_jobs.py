@@ -78,11 +78,11 @@ def entrypoint(overrides: list[str], run_name: str) -> str:
 
 
 def submission_runtime_env(cluster) -> dict:
-    """The user's runtime_env, plus this checkout as the working_dir (unless one is given) and the store
-    credentials of this shell; every worker of the job inherits it."""
+    """The user's runtime_env, plus this checkout as the working_dir (unless one is given) and the store endpoint
+    of this shell (its credentials only with cluster.forward_credentials); every worker of the job inherits it."""
     env = user_runtime_env(cluster)
     env.setdefault("working_dir", str(REPO))
-    env["env_vars"] = forwarded_env_vars(env.get("env_vars"))
+    env["env_vars"] = forwarded_env_vars(env.get("env_vars"), cluster.forward_credentials)
     from msca.runtime.host import git_sha  # launch.json on the head records where the run was launched from
 
     env["env_vars"].update(

@@ -64,6 +64,9 @@ class RayCluster(ClusterBase):
     placement_strategy: str = ruled("PACK", one_of("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     max_failures: int = ruled(3, at_least(-1))  # worker-group restarts after a worker or node loss; -1: forever
     runtime_env: Dict[str, Any] = field(default_factory=dict)  # Ray runtime_env (env_vars, pip, ...)
+    # copy this shell's AWS credentials into the job's runtime_env (Ray shows them in its job records): only for
+    # a cluster whose nodes have no credentials of their own (role, credentials file)
+    forward_credentials: bool = False
     storage_path: Optional[str] = None  # Ray Train's own run state (not checkpoints); None: a temp folder
     wait: bool = True  # false only with a Jobs API address: submit and return
 

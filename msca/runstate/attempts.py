@@ -86,8 +86,8 @@ class AttemptLedger:
         self.attempt.heartbeat = time.time()
         try:
             self.store.write_text(self.attempt.key, json.dumps(asdict(self.attempt), indent=1))
-        except OSError as err:
-            if not self._written:
+        except Exception as err:  # noqa: BLE001 - rank 0 alone writes it: any error after the first write waits
+            if not self._written:  # for the next heartbeat instead of stranding the other ranks
                 raise
             log.warning(
                 "attempt record %s not written (%s); it is rewritten at the next heartbeat",

@@ -165,6 +165,7 @@ class CheckpointManager:
         staging_dir: Optional[str] = None,
         before_commit: Optional[Callable[[], None]] = None,
         on_commit: Optional[Callable[[int, float], None]] = None,
+        fence: Optional[Callable[[str], None]] = None,
     ):
         self.engine, self.home = engine, home
         self.background = background
@@ -179,6 +180,7 @@ class CheckpointManager:
             _ = self.staging
         self.before_commit = before_commit  # rank 0, just before a manifest is written (e.g. "do we still hold
         self.on_commit = on_commit  # the lease?"); on_commit(step, seconds the loop waited for it)
+        self.fence = fence  # rank 0: raises unless the lease is provably ours (msca.runstate.lease.Lease.fence)
         self.last_saved_step = -1
         self.last_save_time = time.monotonic()
         self._in_store: set = set()  # tags with objects in the store when this attempt started
@@ -188,7 +190,7 @@ class CheckpointManager:
     @classmethod
     def from_config(cls, section, engine, home: RunHome, **hooks) -> "CheckpointManager":
         """Built from the config's `checkpoint` section (msca.config.CheckpointConfig); `hooks`: config_hash,
-        before_commit, on_commit."""
+        before_commit, on_commit, fence."""
         return cls(
             engine,
             home,
@@ -255,12 +257,18 @@ class CheckpointManager:
     def _clear(self, tag: str) -> None:
         """A step being saved again (reached again after a crash) is uncommitted first, then its old objects and
         any leftovers of a torn save are removed, so a manifest never names a mix of two saves."""
+        self._fenced(f"saving checkpoint {tag}")  # before any rank stages or uploads a byte of it
         if dist.is_main() and tag in self._in_store:  # known at start: no store round trip on the hot path
             self.store.delete(f"{tag}/{MANIFEST}")
             self.store.delete_prefix(tag + "/")
             self._in_store.discard(tag)
         if dist.is_main() if self.in_place else local_rank() == 0:
             shutil.rmtree(self.staging / tag, ignore_errors=True)
+
+    def _fenced(self, doing: str) -> None:
+        """(rank 0) raise LeaseLost unless this attempt still provably holds the run's lease."""
+        if self.fence is not None and dist.is_main():
+            self.fence(doing)
 
     def commit_if_ready(self) -> None:
         """Commit the pending checkpoint as soon as every rank's upload has finished (one tiny all-reduce;
@@ -280,6 +288,7 @@ class CheckpointManager:
             return
         t0 = time.perf_counter()
         pending.thread.join()
+        agreed(lambda: self._fenced(f"committing checkpoint {pending.tag}"), f"committing checkpoint {pending.tag}")
         gathered = dist.all_gather_object(pending.error or pending.entries)
         errors = [(r, g) for r, g in enumerate(gathered) if isinstance(g, str)]
         if errors:

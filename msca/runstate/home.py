@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -33,6 +34,12 @@ class RunHome:
         self.uri = uri
         self.endpoint_url = endpoint_url
         self.store: Store = open_store(uri, endpoint_url=endpoint_url)
+
+    def with_store(self, store: Store) -> "RunHome":
+        """This home read and written through `store` (the same run: e.g. a lease-fenced view of it)."""
+        other = copy.copy(self)
+        other.store = store
+        return other
 
     @property
     def name(self) -> str:

@@ -29,6 +29,10 @@ class LeaseHeld(RuntimeError):
     """Another live job holds the run."""
 
 
+class LeaseLost(LeaseHeld):
+    """This attempt can no longer prove that it holds the run's lease: it must write nothing more."""
+
+
 @dataclass
 class Holder:
     job_key: str  # identifies a job across its attempts (requeues, retries)
@@ -39,6 +43,7 @@ class Holder:
     since: float = 0.0
     renewed: float = 0.0
     cluster: str = ""  # its SLURM ClusterName ("" if none): its job id means something only there
+    released: str = ""  # set by whoever proved the holder gone (e.g. launch.py on its host): anyone may take it
 
     def died_here(self) -> bool:
         """True if we can see that the holder is gone, so there is no need to watch its lease for a TTL: it ran
@@ -124,9 +129,14 @@ def watch(store: Store, version: str, ttl_s: float) -> str:
 def live_holder(store: Store, ttl_s: float) -> Holder | None:
     """The holder of the run's lease if its job is alive, else None. Alive is proven, never inferred from its
     timestamp: its process runs on this host, or its lease object changed while we watched it (up to `ttl_s`,
-    so a silent lease costs the caller one TTL, said in one log line)."""
+    so a silent lease costs the caller one TTL, said in one log line). A death proven here is recorded in the
+    lease (`released`), so the job this caller starts on another machine, which cannot see this host's
+    processes, takes the run at once instead of watching it for a TTL."""
     holder, version = read_lease(store)
-    if holder is None or holder.died_here():
+    if holder is None or holder.released:
+        return None
+    if holder.died_here():
+        record_released(store, holder, version, f"its process is gone (seen from {socket.gethostname()})")
         return None
     if holder.alive_here():
         return holder
@@ -136,7 +146,21 @@ def live_holder(store: Store, ttl_s: float) -> Holder | None:
         holder.describe(),
         ttl_s,
     )
-    return holder if watch(store, version, ttl_s) == "renewed" else None
+    seen = watch(store, version, ttl_s)
+    if seen == "silent":
+        record_released(store, holder, version, f"its lease did not change for {ttl_s:.0f}s")
+    return holder if seen == "renewed" else None
+
+
+def record_released(store: Store, holder: Holder, version: str, why: str) -> None:
+    """Mark the lease at `version` as its holder's proven end (only if it is still that version); best effort:
+    without it the next job merely watches the lease for a TTL."""
+    holder.released = why
+    try:
+        if store.write_if_version(KEY, json.dumps(asdict(holder), indent=1).encode(), version):
+            log.info("recorded in %s that %s ended: %s", store.url(KEY), holder.describe(), why)
+    except Exception as err:  # noqa: BLE001 - the record only saves the next job a TTL
+        log.warning("could not record in %s that its holder ended (%s)", store.url(KEY), err)
 
 
 class Lease:
@@ -146,6 +170,8 @@ class Lease:
         self._version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the renewal thread and a writer asking for proof renew alike
+        self._confirmed: float | None = None  # monotonic time at which our newest *confirmed* write was sent
         self.lost = ""  # why the lease was lost (another job took it over after our renewals stopped)
 
     # ------------------------------------------------------------------------------------------- reading
@@ -161,6 +187,7 @@ class Lease:
         """Take the lease or raise LeaseHeld naming its live holder. A lease held by another job is taken over
         only when that job is provably gone: its process is gone from this host, SLURM no longer lists it, or
         its lease object did not change for a whole TTL while we watched (one log line says we wait)."""
+        self.store.check_conditional_writes()  # a store that ignores them would let two jobs both take it
         for _ in range(5):  # a few rounds: a contender may change it between our read and our write
             if self._write(None):
                 return
@@ -177,7 +204,7 @@ class Lease:
 
     def _write(self, version: str | None) -> bool:
         """Create the lease (version None) or swap it for ours if it is still at `version`."""
-        now = time.time()
+        sent, now = time.monotonic(), time.time()
         self.holder.since = now
         data = self._payload(now)
         ok = (
@@ -187,6 +214,7 @@ class Lease:
         )
         if ok:
             self._version = self.store.read_versioned(KEY)[1]
+            self._confirmed = sent
         return ok
 
     def _why_take_over(self, other: Holder | None, version: str) -> str:
@@ -196,6 +224,8 @@ class Lease:
             return "an unreadable lease"
         if other.job_key == self.holder.job_key:
             return "a previous attempt of this job"
+        if other.released:
+            return f"{other.describe()}, recorded as ended: {other.released}"
         if other.died_here():
             return f"{other.describe()}, whose process is gone"
         if not other.alive_here():
@@ -227,20 +257,66 @@ class Lease:
             except Exception as err:  # noqa: BLE001 - a store hiccup: try again at the next interval
                 log.warning("lease renewal failed (%s); retrying in %.0fs", err, self.renew_s)
 
-    def renew(self) -> bool:
+    def renew(self, _adopted: bool = False) -> bool:
         """Extend the lease; False (and `lost` set) if another job has taken it. A refused write whose current
         holder is still this attempt is our own earlier renewal (its reply was lost and the store's retry got
-        412, or the read after it failed): we adopt that version instead of concluding we were taken over."""
-        if self.store.write_if_version(KEY, self._payload(time.time()), self._version):
-            self._version = self.store.read_versioned(KEY)[1]
-            return True
-        other, version = self.current()
-        if other is not None and self._is_us(other):
+        412, or the read after it failed): we adopt that version instead of concluding we were taken over, and
+        renew once more from it, since we cannot tell when that lost write landed."""
+        with self._lock:
+            if self.lost:
+                return False
+            sent = time.monotonic()
+            if self.store.write_if_version(KEY, self._payload(time.time()), self._version):
+                self._version = self.store.read_versioned(KEY)[1]
+                self._confirmed = sent
+                return True
+            other, version = self.current()
+            if other is None or not self._is_us(other):
+                self.lost = f"the run's lease was taken over by {other.describe() if other else 'another job'}"
+                log.error("%s: this job must stop writing", self.lost)
+                return False
             self._version = version
+        return _adopted or self.renew(_adopted=True)
+
+    # ------------------------------------------------------------------------------------------- fencing
+    def holds(self) -> bool:
+        """Whether this attempt can *prove* it still holds the lease, by its own monotonic clock alone: a
+        contender takes it over only after watching it unchanged for a whole TTL from when it first saw our
+        newest write, which we sent at `_confirmed`. A quarter of the TTL is left for the write that follows."""
+        return not self.lost and self._confirmed is not None and time.monotonic() - self._confirmed < 0.75 * self.ttl_s
+
+    def prove(self) -> bool:
+        """holds(), after one renewal of our own when the proof has run out (a slow or failing renewal thread
+        is not a lost lease); False once another job took it or the store cannot be written."""
+        if self.holds():
             return True
-        self.lost = f"the run's lease was taken over by {other.describe() if other else 'another job'}"
-        log.error("%s: this job must stop writing", self.lost)
-        return False
+        if not self.lost:
+            try:
+                self.renew()
+            except Exception as err:  # noqa: BLE001 - the store cannot confirm it: no proof, said by the caller
+                log.warning("could not renew the run's lease (%s)", err)
+        return self.holds()
+
+    def fence(self, doing: str) -> None:
+        """Raise LeaseLost unless this attempt can prove it still holds the lease: every write to the run home
+        asks first, so a job whose lease lapsed (a long pause, a partition) never overwrites its successor."""
+        if not self.prove():
+            raise LeaseLost(self.why_not(doing))
+
+    def why_not(self, doing: str) -> str:
+        if self.lost:
+            cause = self.lost
+        elif self._confirmed is None:
+            cause = "this attempt never held the run's lease"
+        else:
+            cause = (
+                f"this attempt last confirmed the run's lease {time.monotonic() - self._confirmed:.0f}s ago "
+                f"(TTL {self.ttl_s:.0f}s) and cannot renew it now"
+            )
+        return (
+            f"{cause}; {doing} stopped without writing to {self.store.url()} "
+            f"(relaunch to resume from the newest commit)"
+        )
 
     def _is_us(self, other: Holder) -> bool:
         return (other.job_key, other.attempt) == (self.holder.job_key, self.holder.attempt)

@@ -66,10 +66,12 @@ class MetricsLogger:
         enabled: bool = True,
         tensorboard: bool = True,
         redone: tuple = (),
+        may_write=None,
     ):
         """Appends to `local_dir/metrics.jsonl` after writing the store's history up to `resume_step` there
         (for a local store the two are the same file), without the `redone` kinds at `resume_step`."""
         self.enabled = enabled
+        self.may_write = may_write or (lambda: True)  # False: a fenced writer (lease lapsed) drops its records
         self.path = Path(local_dir) / FILE
         self.writer = None
         if not enabled:
@@ -92,7 +94,7 @@ class MetricsLogger:
                 )
 
     def log(self, kind: str, step: int, **values) -> None:
-        if not self.enabled:
+        if not self.enabled or not self.may_write():
             return
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         with self.path.open("a") as f:

@@ -11,6 +11,7 @@ import os
 import socket
 
 from msca.runstate.attempts import AttemptLedger
+from msca.runstate.fence import FencedStore
 from msca.runstate.home import RunHome
 from msca.runstate.lease import Holder, Lease, LeaseHeld
 from msca.runtime.host import slurm_cluster_name
@@ -48,6 +49,10 @@ class RunSession:
         """Raise if another job took the run over (we stopped renewing, e.g. a long store outage)."""
         if self.lease.lost:
             raise LeaseHeld(f"{self.lease.lost}; this attempt stops without committing anything more")
+
+    def fenced(self, home: RunHome) -> RunHome:
+        """The run home as this attempt may write it: every write or delete first proves the lease is ours."""
+        return home.with_store(FencedStore(home.store, self.lease.fence))
 
     def close(self, reason: str, error: str = "") -> None:
         try:

@@ -51,6 +51,8 @@ DETERMINISTIC = {
     "StoreAuthError",
     "BucketNotFoundError",
     "LeaseHeld",
+    "LeaseLost",
+    "ConditionalWritesUnsupported",
     "ValidationError",
     "ConfigKeyError",
     "ConfigTypeError",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 import traceback
@@ -22,6 +23,15 @@ from msca.runtime.errors import is_user_error
 
 ERROR_DIR_ENV = "MSCA_ERROR_DIR"
 FAULT_ENV = "MSCA_FAULT_INJECT"  # fault tests: "<what>@<rank>" (msca.runtime.collective, jobs/__main__)
+
+
+def pause_point(step: int) -> None:
+    """Fault tests: FAULT_ENV="pause@<rank>:<step>" stops this rank's process (a real SIGSTOP, as a long stall
+    or a frozen VM would) right after that optimizer step, before any of the step's writes, so a test can let
+    its lease lapse, have another job take the run over, and continue it with SIGCONT."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec == f"pause@{os.environ.get('RANK', '0')}:{step}":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def one_line(err: BaseException) -> str:

@@ -56,11 +56,12 @@ class StopFlag:
         backend's watcher calls this when the driver asks for a stop)."""
         self.signum = self.signum or signum
 
-    def agreed(self) -> int:
-        """The signal number if any rank was asked to stop (0 otherwise); the same answer on every rank."""
+    def agreed(self, extra: int = 0) -> int:
+        """The signal number if any rank was asked to stop (0 otherwise); the same answer on every rank.
+        `extra`: a rank's own reason to end at this boundary (above every signal number), agreed the same way."""
         if ranks.world_size() == 1:
-            return self.signum
-        t = torch.tensor([self.signum], dtype=torch.int64, device=ranks.device())
+            return max(self.signum, extra)
+        t = torch.tensor([max(self.signum, extra)], dtype=torch.int64, device=ranks.device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-from msca.storage.base import BucketNotFoundError, Store, StoreAuthError, is_remote
+from msca.storage.base import BucketNotFoundError, ConditionalWritesUnsupported, Store, StoreAuthError, is_remote
 from msca.storage.local import LocalStore
 from msca.storage.s3 import ENDPOINT_ENV_VARS, RETRY_S, S3Store, _S3Conn
 
@@ -22,6 +22,7 @@ __all__ = [
     "S3Store",
     "Store",
     "StoreAuthError",
+    "ConditionalWritesUnsupported",
     "is_remote",
     "open_store",
 ]

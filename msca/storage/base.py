@@ -15,6 +15,10 @@ class StoreAuthError(PermissionError):
     """The server rejected our credentials (wrong key/secret, no credentials, or no permission)."""
 
 
+class ConditionalWritesUnsupported(ValueError):
+    """The store cannot refuse a write whose precondition fails, so it cannot guarantee one writer per run."""
+
+
 class BucketNotFoundError(LookupError):
     """The bucket named in an s3:// URI does not exist on the endpoint."""
 
@@ -96,6 +100,10 @@ class Store:
 
     def write_if_version(self, key: str, data: bytes, version: str) -> bool:
         raise NotImplementedError
+
+    def check_conditional_writes(self) -> None:
+        """Raise ConditionalWritesUnsupported unless the two conditional writes really are conditional here
+        (a store that ignores them would let two jobs both take a run's lease, silently)."""
 
     # --- shared helpers -----------------------------------------------------------------------------------------
     def read_text(self, key: str, encoding: str = "utf-8") -> str:

@@ -17,6 +17,7 @@ throttling, 5xx, redirects, big objects) is re-done through boto3, which owns re
 `fast_get=False` (or env MSCA_S3_FAST_GET=0) turns it off.
 """
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -27,6 +28,7 @@ import re
 import ssl
 import threading
 import time
+import uuid
 from typing import Optional, Tuple
 from urllib.parse import quote, urlsplit
 
@@ -35,7 +37,14 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from msca.storage.base import BucketNotFoundError, Store, StoreAuthError, atomic_copy, clean_key
+from msca.storage.base import (
+    BucketNotFoundError,
+    ConditionalWritesUnsupported,
+    Store,
+    StoreAuthError,
+    atomic_copy,
+    clean_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +116,12 @@ class _S3Conn:
         self._local = threading.local()
         self._signing_keys: dict = {}
         self.checked_buckets: set = set()
+        self.conditional_ok: set = set()  # buckets whose conditional writes were probed and work
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(
-            _client=None, _pid=None, _lock=None, _session=None, _local=None, _signing_keys={}, checked_buckets=set()
-        )
+        state.update(_client=None, _pid=None, _lock=None, _session=None, _local=None, _signing_keys={})
+        state.update(checked_buckets=set(), conditional_ok=set())
         return state
 
     def __setstate__(self, state):
@@ -263,7 +272,7 @@ def _transient(e: Exception) -> bool:
     if isinstance(e, botocore.exceptions.ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return code in _TRANSIENT_CODES or status >= 500
+        return code in _TRANSIENT_CODES or (status >= 500 and status != 501)  # 501: "not implemented", for good
     return isinstance(e, botocore.exceptions.HTTPClientError)
 
 
@@ -478,6 +487,41 @@ class S3Store(Store):
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
         return self._put_conditional(key, data, IfNoneMatch="*")
+
+    def check_conditional_writes(self) -> None:
+        """Probe once per bucket and process, on a scratch object under this store: a second create must be
+        refused (If-None-Match) and so must a swap against a stale version (If-Match). Some S3-compatible
+        servers ignore both, or answer 501; then two jobs could both take one run's lease."""
+        if self.bucket in self.conn.conditional_ok:
+            return
+        key = f".msca-probe-{uuid.uuid4().hex[:12]}"
+        what = f"the S3 endpoint {self.conn.where} (bucket {self.bucket!r})"
+        fix = (
+            "it cannot guarantee one writer per run: use a store that supports conditional writes (AWS S3, "
+            "SeaweedFS, MinIO, Ceph RGW >= Reef) or a shared directory as store.root"
+        )
+        try:
+            created = self.write_if_absent(key, b"1")
+            again = self.write_if_absent(key, b"2")
+            _, version = self.read_versioned(key)
+            stale = self.write_if_version(key, b"3", '"00000000000000000000000000000000"')
+            swapped = self.write_if_version(key, b"4", version)
+        except botocore.exceptions.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 501 and str(e.response.get("Error", {}).get("Code", "")) != "NotImplemented":
+                raise self._error(e, key) from e
+            raise ConditionalWritesUnsupported(
+                f"{what} does not implement conditional writes (If-None-Match/If-Match answered 501); {fix}"
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.delete(key)
+        ignored = [name for name, ok in (("If-None-Match", not again), ("If-Match", not stale)) if not ok]
+        if not (created and swapped) or ignored:
+            raise ConditionalWritesUnsupported(
+                f"{what} ignores conditional writes ({', '.join(ignored) or 'a valid condition was refused'}); {fix}"
+            )
+        self.conn.conditional_ok.add(self.bucket)
 
     def write_if_version(self, key: str, data: bytes, version: str) -> bool:
         return self._put_conditional(key, data, IfMatch=version)

@@ -23,10 +23,11 @@ from msca.config import identity_hash
 from msca.data import ResumableDistributedSampler, build_dataset, build_loader
 from msca.runstate.checkpoint import CheckpointManager
 from msca.runstate.home import RunHome
+from msca.runstate.lease import LeaseLost
 from msca.runstate.metrics import MetricsLogger
 from msca.runstate.session import RunSession
-from msca.runtime import dist
-from msca.runtime.collective import from_main
+from msca.runtime import dist, failure
+from msca.runtime.collective import agreed, from_main
 from msca.runtime.precision import DTYPES
 from msca.runtime.preemption import EvaluationInterrupted, StopRequested
 from msca.runtime.preemption import install as install_stop_flag
@@ -36,6 +37,8 @@ from msca.training.evaluation import evaluate_dataset
 from msca.training.optim import build_optimizer, build_scheduler, deepspeed_config
 
 log = logging.getLogger(__name__)
+
+FENCED = 1 << 20  # agreed at a step boundary like a signal number, above all of them: rank 0 lost its lease
 
 
 SAMPLE_TRACE = "MSCA_SAMPLE_TRACE"  # a folder: every rank appends the dataset indices of each micro-batch it trains
@@ -121,6 +124,7 @@ class Trainer:
             config_hash=identity_hash(cfg),
             before_commit=self._before_commit,
             on_commit=self._on_commit,
+            fence=session.lease.fence if session is not None else None,
         )
         t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
@@ -129,7 +133,12 @@ class Trainer:
         self.stop = install_stop_flag()  # normally already installed by the job entry
         # the store's history up to the restored step; anything after it is recomputed
         self.metrics = MetricsLogger(
-            home.local_dir, home.store, resume_step=self.state.step, enabled=dist.is_main(), redone=self._redone()
+            home.local_dir,
+            home.store,
+            resume_step=self.state.step,
+            enabled=dist.is_main(),
+            redone=self._redone(),
+            may_write=self._holds_lease,
         )
         self.step_s = 0.0  # wall time inside training steps (the attempt ledger's productive time)
         self.clips_per_step = b.global_batch
@@ -204,6 +213,7 @@ class Trainer:
                 if micro % accum:
                     continue
                 state.step += 1
+                failure.pause_point(state.step)
                 self.step_s += time.perf_counter() - t_mark
                 if self.session is not None:
                     self.session.ledger.progress(state.step, self.step_s)
@@ -237,10 +247,21 @@ class Trainer:
         return state
 
     def _stop_if_requested(self) -> None:
-        """All ranks agree at this step boundary; on a stop, commit a checkpoint of exactly this state."""
-        signum = self.stop.agreed()
+        """All ranks agree at this step boundary: on a stop, commit a checkpoint of exactly this state; when rank
+        0 can no longer prove it holds the run's lease, every rank ends here without writing anything more."""
+        signum = self.stop.agreed(0 if self._holds_lease(prove=True) else FENCED)
+        if signum == FENCED:
+            why = self.session.lease.why_not("training") if self.session is not None else ""
+            raise LeaseLost(why or "rank 0 can no longer prove it holds the run's lease; this rank stops with it")
         if signum:
             self._stop(signum)
+
+    def _holds_lease(self, prove: bool = False) -> bool:
+        """(rank 0) whether this attempt can still prove it holds the run's lease (True where there is none);
+        `prove`: renew once if the proof ran out (a step boundary can afford a store round trip)."""
+        if self.session is None:
+            return True
+        return self.session.lease.prove() if prove else self.session.lease.holds()
 
     def _stop(self, signum: int) -> None:
         """Commit this state (unless it is the start: nothing to save) and end the job as stopped."""
@@ -261,15 +282,21 @@ class Trainer:
         if self.session is not None:
             self.session.check_lease()
         if getattr(self, "metrics", None) is not None:
-            self.sync_metrics()
+            self._upload_metrics()  # already inside the agreed commit section
 
     def _on_commit(self, step: int, stall_s: float) -> None:
         if self.session is not None:
             self.session.ledger.committed(step, self.ckpt.stall_s)
 
     def sync_metrics(self) -> None:
-        """Metrics and TensorBoard files to the store (a no-op for a local store)."""
-        if dist.is_main():
+        """Metrics and TensorBoard files to the store; collective (every rank calls it), so a store error on rank
+        0 reaches every rank instead of stranding them in the next collective."""
+        agreed(self._upload_metrics, "syncing metrics to the store")
+
+    def _upload_metrics(self) -> None:
+        """(rank 0's part) a no-op for a local store, and skipped once the lease can no longer be proven (the
+        step boundary then ends every rank together)."""
+        if dist.is_main() and self._holds_lease(prove=True):
             self.metrics.flush()
             self.home.sync_up("metrics.jsonl")
             self.home.sync_up("tb")
