@@ -73,7 +73,10 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     min_lr: float = 0.0  # cosine floor
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step (ignored when global_batch is set: derived from it)
+    # clips per optimizer step, the same at any world size: gradient accumulation = global_batch / (data.batch_size
+    # x ranks). None: data.batch_size x grad_accum x the ranks of the run's first start, kept by its checkpoints.
+    global_batch: Optional[int] = None
     clip_grad: float = 1.0  # 0 disables
     label_smoothing: float = 0.1
     val_every: int = 1  # epochs; 0 disables validation during training
@@ -205,6 +208,7 @@ BOUNDS = {
     "train.warmup_epochs": at_least(0),
     "train.min_lr": at_least(0),
     "train.grad_accum": at_least(1),
+    "train.global_batch": at_least(1),
     "train.clip_grad": at_least(0),
     "train.label_smoothing": within(0, 1, hi_open=True),
     "train.val_every": at_least(0),

@@ -15,6 +15,9 @@ from msca.runstate.home import RunHome
 
 
 class FileWritingEngine:
+    def zero_optimization_stage(self):
+        return 2
+
     def save_checkpoint(self, root, tag, client_state, save_latest):
         from pathlib import Path
 

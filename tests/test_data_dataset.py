@@ -128,7 +128,7 @@ def test_sampler_partition_and_resume():
     flat = [i for p in parts for _, i in p]
     assert len(set(flat)) == 9 and all(e == 4 for p in parts for e, _ in p)
     again = ResumableDistributedSampler(n, 1, world, seed=1)
-    again.set_epoch(4, start=2)
+    again.set_epoch(4, start=2 * world)  # two samples of every rank consumed (global units)
     assert list(again) == parts[1][2:] and len(again) == 1
     other = ResumableDistributedSampler(n, 1, world, seed=1)
     other.set_epoch(5)

@@ -495,6 +495,40 @@ def test_which_errors_are_deterministic():
     assert is_deterministic(incompatible.value)
 
 
+def test_a_ray_run_resumes_with_fewer_workers_on_the_same_optimisation(ray_cluster, ray_s3, tmp_path):
+    """Two workers (one per node) stop at step 4 of 6; relaunched with one worker, the run converts its checkpoint
+    (said in its log), finishes every step once and its ledger shows 2 then 1 rank. (Ray forwards no ad-hoc env
+    to its workers, so the per-clip audit is tests/test_reshard.py's and test_slurm.py's: same trainer.)"""
+    bucket = ray_s3.make_bucket()
+    root = f"s3://{bucket}/team"
+    base = [o for o in small_overrides(tmp_path, tmp_path / "data", "fewer") if not o.startswith("store.root=")]
+    base += [
+        f"store.root={root}",
+        f"store.endpoint_url={ray_s3.endpoint_url}",
+        "cluster=ray",
+        f"cluster.address={ray_cluster.address}",
+        "cluster.max_failures=0",
+        "deepspeed=zero2",
+        "train.epochs=2",
+        "train.val_every=0",
+        "eval.at_end=false",
+        "data.batch_size=2",
+        "train.global_batch=8",  # 24 clips -> 3 steps per epoch at any world size
+        "checkpoint.every_steps=2",
+    ]
+    env = {**ray_s3.env, "MSCA_CACHE": str(tmp_path / "cache")}
+    part = launch_on_head(ray_cluster, base + ["cluster.num_workers=2", "train.max_steps=4"], env=env)
+    assert part.returncode == 0, (part.stdout + part.stderr)[-5000:]
+    rest = launch_on_head(ray_cluster, base + ["cluster.num_workers=1"], env=env)
+    out = rest.stdout + rest.stderr
+    assert rest.returncode == 0, out[-5000:]
+    said = "resuming step 4 written by 2 ranks (ZeRO-2) on 1 ranks (ZeRO-2): converting (universal checkpoint)"
+    assert said in out, out[-5000:]
+    store = ray_s3.store(f"{root}/runs/fewer")
+    assert train_steps(json.loads(line) for line in store.read_text("metrics.jsonl").splitlines()) == list(range(1, 7))
+    assert [a.world_size for a in read_attempts(store)] == [2, 1]
+
+
 def test_a_jobs_api_run_keeps_the_store_secret_out_of_rays_job_records(reference, ray_cluster, ray_s3):
     """A run in S3 submitted through the Jobs API with this shell's credentials set: the head's driver and the
     workers reach the store with their nodes' own credentials (a file the cluster's owner provisioned), and

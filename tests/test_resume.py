@@ -58,7 +58,8 @@ def test_stopped_and_relaunched_run_equals_uninterrupted(runs):
     assert part.returncode == 0, part.stderr
     home = tmp / "store" / "runs" / "part"
     manifest = json.loads((home / "checkpoints" / "step_000000008" / "MANIFEST.json").read_text())
-    assert manifest["trainer"] == {"epoch": 1, "position": 4, "step": 8}
+    # global units: 8 clips of epoch 1 consumed by both ranks together, 4 clips per optimizer step
+    assert manifest["trainer"] == {"epoch": 1, "samples": 8, "step": 8, "global_batch": 4}
     resumed = run_launch(small_overrides(tmp, tmp / "data", "part") + COMMON)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr

@@ -285,3 +285,40 @@ def test_unwritable_folder_is_one_clear_error_and_no_run_home(tmp_path, slurm_cl
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cluster.folder: cannot write /proc/x/bad" in errors[0], proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_a_two_node_run_resumes_on_one_node_with_the_same_optimisation(tmp_path, slurm_cluster):
+    """Stopped at step 4 of 6 on two nodes (2 ranks), relaunched with cluster.nodes=1: the job says it converts
+    the checkpoint, every epoch trains each clip once across both attempts, and the ledger shows 2 then 1 rank."""
+    base = small_overrides(tmp_path, tmp_path / "data", "shrink") + [
+        "cluster=slurm",
+        "cluster.tasks_per_node=1",
+        "cluster.cpus_per_task=1",
+        "cluster.wait=true",
+        "deepspeed=zero2",
+        "train.epochs=2",
+        "train.val_every=0",
+        "eval.at_end=false",
+        "data.batch_size=2",
+        "train.global_batch=8",  # 24 clips -> 3 steps per epoch at any world size
+        "checkpoint.every_steps=2",
+    ]
+    env = {**slurm_cluster.env, "MSCA_SAMPLE_TRACE": str(tmp_path / "trace")}
+    first = run_launch(base + ["cluster.nodes=2", "train.max_steps=4"], env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = run_launch(base + ["cluster.nodes=1"], env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    home = tmp_path / "store" / "runs" / "shrink"
+    said = "resuming step 4 written by 2 ranks (ZeRO-2) on 1 ranks (ZeRO-2): converting (universal checkpoint)"
+    assert said in logs(home, job_id(second.stdout))
+    epochs = {}
+    for f in (tmp_path / "trace").glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            record = json.loads(line)
+            epochs.setdefault(record["epoch"], []).extend(record["index"])
+    assert {e: sorted(v) for e, v in epochs.items()} == {0: list(range(24)), 1: list(range(24))}
+    assert [m["step"] for m in metrics(tmp_path / "store", "shrink") if m["kind"] == "train"] == list(range(1, 7))
+    from msca.runstate.attempts import read_attempts
+    from msca.storage import open_store
+
+    assert [a.world_size for a in read_attempts(open_store(str(home)))] == [2, 1]

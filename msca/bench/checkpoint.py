@@ -2,6 +2,7 @@
 
     python -m msca.bench checkpoint                       # ViT-B/16 + AdamW (~1 GB of state), SeaweedFS here
     python -m msca.bench checkpoint --tiny --rounds 1     # a quick smoke run (a 0.5M-parameter model)
+    python -m msca.bench checkpoint --reshard             # resume at another world size (msca.bench.reshard)
 
 One DeepSpeed engine (1 rank, ZeRO-0, fp32, torch AdamW after one step, so the optimizer state exists) and a
 SeaweedFS started for the run. Interleaved rounds, medians reported:
@@ -65,6 +66,10 @@ def build_engine(model_name: str, tiny: bool):
 
 
 def main(argv=None) -> int:
+    if argv and "--reshard" in argv:
+        from msca.bench import reshard
+
+        return reshard.main(argv)
     a = parse(argv)
     from msca.bench.data import start_seaweedfs
     from msca.runstate.checkpoint import CheckpointManager

@@ -16,6 +16,10 @@ Resume: each rank fetches (once per node) and verifies the objects it loads befo
 missing, truncated or altered object makes all ranks fall back to the next older committed step together.
 Every section with rank-0-only work is `agreed`: an error on one rank reaches all. DeepSpeed's own `latest`
 file is never used.
+Another world size or ZeRO stage (msca.runstate.reshard): rank 0 converts the verified step once into a
+universal checkpoint under <tag>/universal/, committed by its own MANIFEST.json written last (a crashed
+conversion is never trusted: the next resume converts again), reused by later restarts and deleted by retention
+with its source; every node fetches and verifies it like any checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from msca.runstate.home import RunHome
+from msca.runstate.reshard import DIRECT, SUBDIR, UNIVERSAL, convert, describe, plan, zero_stage_of
 from msca.runtime import dist
 from msca.runtime.collective import CollectiveError, agreed, from_main
 from msca.runtime.host import private_dir, private_umask
@@ -180,6 +185,7 @@ class CheckpointManager:
         self.last_save_time = time.monotonic()
         self._in_store: set = set()  # tags with objects in the store when this attempt started
         self.stall_s = 0.0  # time the training loop spent inside save/wait (what background uploads hide)
+        self.restored_world = 0  # the world size that wrote the restored checkpoint (0: nothing restored)
 
     @classmethod
     def from_config(cls, section, engine, home: RunHome, **hooks) -> "CheckpointManager":
@@ -231,6 +237,7 @@ class CheckpointManager:
             "trainer": trainer_state,
             "rng": rngs,
             "world_size": dist.world_size(),
+            "zero_stage": self.zero_stage(),
             "config_hash": self.config_hash,
         }
         agreed(lambda: self._clear(tag), f"preparing checkpoint {tag}")
@@ -322,11 +329,15 @@ class CheckpointManager:
             "tag": pending.tag,
             "time": time.time(),
             "world_size": dist.world_size(),
+            "zero_stage": self.zero_stage(),
             "trainer": pending.trainer_state,
             "config_hash": self.config_hash,
             "objects": sorted(entries, key=lambda e: e["key"]),
         }
         self.store.write_text(f"{pending.tag}/{MANIFEST}", json.dumps(manifest, indent=1))
+
+    def zero_stage(self) -> int:
+        return int(self.engine.zero_optimization_stage()) if self.engine is not None else 0
 
     def _publish(self, pending: "_Pending") -> None:
         """(Background thread) the files this rank wrote -> the store, with their manifest entries (in place:
@@ -426,6 +437,15 @@ class CheckpointManager:
             log.warning("checkpoint %s: %s; skipping this step", tag_for(step), problem)
         return None
 
+    def newest_manifest(self) -> dict | None:
+        """The newest committed manifest that parses (its objects unchecked): what a start needs before its engine
+        exists (the run's global batch); `load_latest` still verifies everything it restores."""
+        for step in reversed(self.committed_steps()):
+            manifest, kind, _ = self._manifest_outcome(step)
+            if not kind:
+                return manifest
+        return None
+
     def load_latest(self) -> dict | None:
         """Restore the newest committed checkpoint whose objects verify into the engine; returns its trainer
         state (None: a fresh start). All ranks walk the committed steps newest first and agree on each. Only a
@@ -447,9 +467,18 @@ class CheckpointManager:
             if kind == FAULT:
                 log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
                 continue
+            how = self._plan(manifest)  # the same on every rank (ReshardError: one line, on every rank)
+            fetched = manifest
+            if how == UNIVERSAL:
+                fetched, kind, problem = self._universal(manifest)
+                if kind == ERROR:
+                    raise self._restore_error(0, problem, f"converting {tag} (universal checkpoint) of")
+                if kind == FAULT:
+                    log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
+                    continue
             root = self.staging if self.in_place else self.staging / "restore"
             try:
-                outcomes = dist.all_gather_object(self._fetch(manifest, root))
+                outcomes = dist.all_gather_object(self._fetch(fetched, root))
                 failed = next(((r, p) for r, (k, p) in enumerate(outcomes) if k == ERROR), None)
                 if failed:
                     raise self._restore_error(failed[0], failed[1], f"restoring {tag} into {root} from")
@@ -457,7 +486,7 @@ class CheckpointManager:
                 if problem:
                     log.warning("checkpoint %s cannot be resumed: %s; falling back to the previous one", tag, problem)
                     continue
-                state = self._load(root, manifest)
+                state = self._load(root, manifest, universal=how == UNIVERSAL)
             finally:
                 dist.barrier()  # every rank has finished reading before the download is removed
                 if not self.in_place and local_rank() == 0:
@@ -531,22 +560,129 @@ class CheckpointManager:
         except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
             return ERROR, f"{type(err).__name__}: {err}"
 
-    def _load(self, root: Path, manifest: dict) -> dict:
+    def _load(self, root: Path, manifest: dict, universal: bool = False) -> dict:
         tag = manifest["tag"]
-        load_path, client_state = self.engine.load_checkpoint(
-            str(root), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        config = self.engine._config  # the engine reads `checkpoint.load_universal` at load time only
+        config.load_universal_checkpoint = universal
+        try:
+            load_path, client_state = self.engine.load_checkpoint(
+                str(root / tag) if universal else str(root),
+                tag=SUBDIR if universal else tag,
+                load_module_strict=True,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+        finally:
+            config.load_universal_checkpoint = False
+        self.restored_world = manifest["world_size"]
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {self.store.url(tag)}")
         if client_state.get("world_size") == dist.world_size():
             set_rng_state(client_state["rng"][dist.rank()])
-        else:
-            log.warning(
-                "checkpoint %s was written by %s ranks, now %d: RNG streams are not restored",
-                tag,
-                client_state.get("world_size"),
-                dist.world_size(),
-            )
+        else:  # said by _plan when it resumes: a run of the same optimisation with new random streams
+            log.debug("%s was written by %s ranks: RNG streams are not restored", tag, manifest["world_size"])
         self.last_saved_step = manifest["step"]
         log.info("resumed from %s (step %d)", self.store.url(tag), manifest["step"])
         return client_state["trainer"]
+
+    # -------------------------------------------------------------------- another world size or ZeRO stage
+    def _plan(self, manifest: dict) -> str:
+        """DIRECT or UNIVERSAL for this engine; says so when the shape changed (never silent)."""
+        src_world, src_stage, step = manifest["world_size"], zero_stage_of(manifest), manifest["step"]
+        world, stage = dist.world_size(), self.zero_stage()
+        how = plan(step, src_world, src_stage, world, stage)
+        if how == DIRECT and (src_world, src_stage) != (world, stage) and dist.is_main():
+            log.warning("%s", describe(step, src_world, src_stage, world, stage, "loading it as it is (ZeRO-0)"))
+        return how  # UNIVERSAL is said by rank 0 once it knows whether it converts or reuses a conversion
+
+    def _say(self, manifest: dict, how: str) -> None:
+        shape = (manifest["world_size"], zero_stage_of(manifest), dist.world_size(), self.zero_stage())
+        log.warning("%s", describe(manifest["step"], *shape, how))
+
+    def _universal(self, manifest: dict) -> tuple[dict | None, str, str]:
+        """(universal manifest, '', '') from rank 0, which reuses a committed conversion that verifies or makes
+        and commits one; (None, FAULT, what) when the source's own objects do not verify, (None, ERROR, what) for
+        anything else. Two sections, so a crash between the upload and the manifest can be tested."""
+        tag = manifest["tag"]
+        made, kind, problem = from_main(lambda: self._universal_outcome(manifest), f"converting {tag} to universal")
+        if kind:
+            return None, kind, problem
+        universal, fresh = made
+        if fresh:
+            from_main(
+                lambda: self.store.write_text(f"{tag}/{SUBDIR}/{MANIFEST}", json.dumps(universal, indent=1)),
+                f"committing the universal checkpoint of {tag}",
+            )
+        return universal, "", ""
+
+    def _committed_universal(self, tag: str) -> dict | None:
+        """(rank 0) A committed conversion of `tag` whose objects match its manifest, else None."""
+        key = f"{tag}/{SUBDIR}/{MANIFEST}"
+        if not self.store.exists(key):
+            return None
+        try:
+            universal = json.loads(self.store.read_text(key))
+            _check_manifest(universal, tag)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("universal checkpoint %s: unreadable manifest (%s); converting again", tag, err)
+            return None
+        for obj in universal["objects"]:
+            problem = self._check_object(obj, deep=True)
+            if problem:
+                log.warning("universal checkpoint %s: %s; converting again", tag, problem)
+                return None
+        return universal
+
+    def _universal_outcome(self, manifest: dict) -> tuple:
+        """(rank 0) ((universal manifest, fresh), '', '') or (None, FAULT | ERROR, what)."""
+        tag = manifest["tag"]
+        reused = self._committed_universal(tag)
+        if reused is not None:
+            self._say(manifest, "using the universal checkpoint an earlier start converted")
+            return (reused, False), "", ""
+        self._say(manifest, "converting (universal checkpoint)")
+        work = None if self.in_place else self.staging / "convert"
+        t0 = time.perf_counter()
+        try:
+            self.store.delete_prefix(f"{tag}/{SUBDIR}/")  # a crashed conversion's leftovers: never mixed in
+            source = Path(self.store.url(tag)) if self.in_place else work / "source" / tag
+            for obj in manifest["objects"]:  # every shard of the source, checked before it is converted
+                local = None
+                if work is not None:
+                    local = work / "source" / obj["key"]
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        self.store.download_file(obj["key"], str(local))
+                    except FileNotFoundError as err:
+                        if not _is_missing_object(err):
+                            raise
+                        return None, FAULT, f"{self.store.url(obj['key'])} is missing"
+                problem = self._check_object(obj, deep=True, local=local)
+                if problem:
+                    return None, FAULT, problem
+            out = Path(self.store.url(f"{tag}/{SUBDIR}")) if self.in_place else work / "out"
+            with contextlib.nullcontext() if self.in_place else private_umask():
+                convert(source, out)
+            entries = []
+            for f in sorted(p for p in out.rglob("*") if p.is_file()):
+                key = f"{tag}/{SUBDIR}/{f.relative_to(out).as_posix()}"
+                if work is not None:
+                    self.store.upload_file(str(f), key)
+                entries.append({"key": key, "size": f.stat().st_size, "sha256": sha256_file(f)})
+        except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
+            return None, ERROR, f"{type(err).__name__}: {err}"
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+        log.info("converted %s to a universal checkpoint in %.1fs", tag, time.perf_counter() - t0)
+        universal = {
+            "step": manifest["step"],
+            "tag": tag,
+            "time": time.time(),
+            "world_size": 0,  # loads at any world size
+            "source_world_size": manifest["world_size"],
+            "source_zero_stage": zero_stage_of(manifest),
+            "convert_s": time.perf_counter() - t0,
+            "objects": sorted(entries, key=lambda e: e["key"]),
+        }
+        return (universal, True), "", ""

@@ -1,7 +1,9 @@
 """Optimizer, learning-rate schedule and DeepSpeed JSON, built from the `train` and `deepspeed` sections.
 
 Torch optimizers are passed to DeepSpeed (no fused/CPU-Adam op compilation); the schedule is a LambdaLR
-stepped by DeepSpeed once per optimizer step, so a resumed run continues it from the checkpoint.
+stepped by DeepSpeed once per optimizer step, so a resumed run continues it from the checkpoint. Its only input
+besides the config is steps per epoch, which the global batch fixes (msca.training.batching): the schedule is
+the same at any world size.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: DictConfig, steps_p
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, plain, steps_per_epoch))
 
 
-def deepspeed_config(cfg: DictConfig) -> dict:
-    """DeepSpeed's JSON from our sections, so batch size, accumulation and clipping are stated once."""
+def deepspeed_config(cfg: DictConfig, grad_accum: int | None = None) -> dict:
+    """DeepSpeed's JSON from our sections, so batch size, accumulation and clipping are stated once.
+    `grad_accum`: the run's derived accumulation (msca.training.batching; None: train.grad_accum)."""
     ds = cfg.deepspeed
     out = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_accumulation_steps": grad_accum or cfg.train.grad_accum,
         "gradient_clipping": cfg.train.clip_grad,
         "zero_optimization": {"stage": ds.zero_stage},
         "bf16": {"enabled": ds.precision == "bf16"},

@@ -1,7 +1,8 @@
 """Trainer: builds model, data and the DeepSpeed engine from a resolved config, then trains and validates.
 
-Every rank runs the same code. Progress is counted in optimizer steps and in samples consumed per rank
-within the epoch, which is all a checkpoint needs for the sampler to resume mid-epoch exactly.
+Every rank runs the same code. Progress is counted in optimizer steps and in samples of the epoch's global order
+consumed (all ranks together), with a global batch fixed for the run (msca.training.batching): that is all a
+checkpoint needs for the sampler to resume mid-epoch exactly, on the same or another number of ranks.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from msca.runstate.lease import LeaseLost
 from msca.runstate.metrics import MetricsLogger
 from msca.runstate.session import RunSession
 from msca.runtime import dist, failure
-from msca.runtime.collective import agreed
+from msca.runtime.collective import agreed, from_main
 from msca.runtime.precision import DTYPES
 from msca.runtime.preemption import EvaluationInterrupted, StopRequested
 from msca.runtime.preemption import install as install_stop_flag
+from msca.training.batching import resolve as resolve_batching
 from msca.training.build import build_model
 from msca.training.evaluation import evaluate_dataset
 from msca.training.optim import build_optimizer, build_scheduler, deepspeed_config
@@ -39,13 +41,25 @@ log = logging.getLogger(__name__)
 FENCED = 1 << 20  # agreed at a step boundary like a signal number, above all of them: rank 0 lost its lease
 
 
+SAMPLE_TRACE = "MSCA_SAMPLE_TRACE"  # a folder: every rank appends the dataset indices of each micro-batch it trains
+
+
 @dataclass
 class TrainState:
-    """What a checkpoint must carry beyond DeepSpeed's own state."""
+    """What a checkpoint must carry beyond DeepSpeed's own state, in units that do not depend on the world size."""
 
     epoch: int = 0  # current epoch
-    position: int = 0  # samples of `epoch` this rank has consumed (same on every rank)
+    samples: int = 0  # samples of `epoch`'s global order consumed, all ranks together
     step: int = 0  # optimizer steps taken
+    global_batch: int = 0  # clips per optimizer step, fixed for the run
+
+    @classmethod
+    def restore(cls, saved: dict, world_size: int) -> "TrainState":
+        """From a checkpoint's trainer state; one written before global units counted `position` per rank."""
+        saved = dict(saved)
+        if "position" in saved:
+            saved["samples"] = saved.pop("position") * world_size
+        return cls(**saved)
 
 
 def seed_everything(seed: int) -> None:
@@ -66,8 +80,25 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
         self.val_set = build_dataset(cfg.data, "val", seed=cfg.seed) if cfg.train.val_every else None
+        b = self.batching = resolve_batching(
+            cfg.train.global_batch, cfg.train.grad_accum, cfg.data.batch_size, dist.world_size(), self._recorded(home)
+        )
+        self.steps_per_epoch = len(self.train_set) // b.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {len(self.train_set)} clips: fewer than one global batch of {b.global_batch} "
+                f"(data.batch_size {b.batch_size} x {b.grad_accum} accumulation x {b.world_size} ranks). "
+                "Lower train.global_batch or data.batch_size, or use fewer ranks."
+            )
+        self.micro_per_epoch = self.steps_per_epoch * b.grad_accum  # micro-batches per rank
         self.sampler = ResumableDistributedSampler(
-            len(self.train_set), dist.rank(), dist.world_size(), seed=cfg.seed, shuffle=True, drop_last=True
+            len(self.train_set),
+            dist.rank(),
+            dist.world_size(),
+            seed=cfg.seed,
+            shuffle=True,
+            drop_last=True,
+            epoch_len=self.steps_per_epoch * b.global_batch,
         )
         self.loader = build_loader(
             self.train_set,
@@ -77,21 +108,13 @@ class Trainer:
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
         )
-        per_rank = len(self.sampler)
-        self.micro_per_epoch = (per_rank // cfg.data.batch_size) // cfg.train.grad_accum * cfg.train.grad_accum
-        self.steps_per_epoch = self.micro_per_epoch // cfg.train.grad_accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"an epoch has {per_rank} clips per rank: fewer than data.batch_size x train.grad_accum = "
-                f"{cfg.data.batch_size} x {cfg.train.grad_accum}. Lower them or use fewer ranks."
-            )
 
         model = build_model(cfg.model, self.train_set.num_classes, cfg.store.endpoint_url)
         seed_everything(cfg.seed + 1 + dist.rank())  # from here on, per-rank streams (drop-path, dropout)
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_scheduler(optimizer, cfg.train, self.steps_per_epoch)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, b.grad_accum)
         )
         dist.setup_logging()  # DeepSpeed resets its logger on import; keep ours
         self.ckpt = CheckpointManager.from_config(
@@ -105,7 +128,8 @@ class Trainer:
         )
         t_restore = time.perf_counter()
         restored = self.ckpt.load_latest()  # resume is never a flag: every start looks for a checkpoint
-        self.state = TrainState(**restored) if restored else TrainState()
+        self.state = TrainState.restore(restored, self.ckpt.restored_world) if restored else TrainState()
+        self.state.global_batch = b.global_batch
         self.stop = install_stop_flag()  # normally already installed by the job entry
         # the store's history up to the restored step; anything after it is recomputed
         self.metrics = MetricsLogger(
@@ -117,28 +141,42 @@ class Trainer:
             may_write=self._holds_lease,
         )
         self.step_s = 0.0  # wall time inside training steps (the attempt ledger's productive time)
-        self.clips_per_step = cfg.data.batch_size * cfg.train.grad_accum * dist.world_size()
+        self.clips_per_step = b.global_batch
+        self.trace = _sample_trace()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         if session is not None:
             session.ledger.restored(self.state.step, time.perf_counter() - t_restore, self.total_steps)
         log.info(
-            "model %s (%.2fM params) | %d train clips, %d ranks x %d clips x %d accum -> %d steps/epoch, %d steps",
+            "model %s (%.2fM params) | %d train clips, %d ranks x %d clips x %d accum = %d per step -> %d steps/epoch, "
+            "%d steps",
             cfg.model.name,
             sum(p.numel() for p in model.parameters()) / 1e6,
             len(self.train_set),
             dist.world_size(),
-            cfg.data.batch_size,
-            cfg.train.grad_accum,
+            b.batch_size,
+            b.grad_accum,
+            b.global_batch,
             self.steps_per_epoch,
             self.total_steps,
+        )
+
+    def _recorded(self, home: RunHome) -> int | None:
+        """The global batch of the run's newest checkpoint (None: none yet), read before the engine exists since
+        the engine's accumulation depends on it; checkpoints from before global units imply it."""
+        manifest = from_main(lambda: CheckpointManager(None, home).newest_manifest(), "reading the newest checkpoint")
+        if manifest is None:
+            return None
+        trainer = manifest.get("trainer") or {}
+        return trainer.get("global_batch") or (
+            self.cfg.data.batch_size * self.cfg.train.grad_accum * manifest["world_size"]
         )
 
     def _redone(self) -> tuple:
         """Record kinds the resumed run logs again at the restored step: a checkpoint saved at an epoch's last
         step, inside the loop, comes before that epoch's validation, which therefore runs (and logs) again."""
-        epoch_done = self.state.position // self.cfg.data.batch_size >= self.micro_per_epoch
+        epoch_done = self.state.samples >= self.steps_per_epoch * self.batching.global_batch
         return ("val",) if self.state.step and epoch_done else ()
 
     # ----------------------------------------------------------------------------------------- training
@@ -156,20 +194,23 @@ class Trainer:
         if self.session is not None:
             self.session.ledger.first_step()  # start-up and restore end here; step time starts
         while state.step < self.total_steps and state.epoch < cfg.train.epochs:
-            self.sampler.set_epoch(state.epoch, start=state.position)  # the loader's workers persist
+            self.sampler.set_epoch(state.epoch, start=state.samples)  # the loader's workers persist
             self.engine.train()
-            window, t0, micro = [], time.perf_counter(), state.position // cfg.data.batch_size
+            accum, micro_clips = self.batching.grad_accum, self.batching.micro_clips
+            window, t0, micro = [], time.perf_counter(), state.samples // micro_clips
             t_mark = time.perf_counter()  # the step's clock includes waiting for its batch
             for batch in self.loader:
                 if micro >= self.micro_per_epoch:
                     break
+                if self.trace is not None:
+                    self.trace(state, batch)
                 loss = self.loss(batch)
                 self.engine.backward(loss)
                 self.engine.step()
                 window.append(loss.item())
                 micro += 1
-                state.position += cfg.data.batch_size
-                if micro % cfg.train.grad_accum:
+                state.samples += micro_clips
+                if micro % accum:
                     continue
                 state.step += 1
                 failure.pause_point(state.step)
@@ -193,7 +234,7 @@ class Trainer:
                 t_mark = time.perf_counter()
             if micro >= self.micro_per_epoch:  # epoch finished (not cut by max_steps)
                 state.epoch += 1
-                state.position = 0
+                state.samples = 0
                 if cfg.train.val_every and state.epoch % cfg.train.val_every == 0:
                     self.validate()
                 if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:
@@ -321,3 +362,23 @@ class Trainer:
         if self.engine is not None:
             self.engine.destroy()
         self.engine = self.optimizer = self.scheduler = self.ckpt.engine = None
+
+
+def _sample_trace():
+    """With MSCA_SAMPLE_TRACE=<folder>: a callable appending each micro-batch's (epoch, step, dataset indices) to
+    `<folder>/rank<R>-of-<W>-<pid>.jsonl`, so an audit (or a test) can gather what every rank trained on."""
+    folder = os.environ.get(SAMPLE_TRACE)
+    if not folder:
+        return None
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / f"rank{dist.rank()}-of-{dist.world_size()}-{os.getpid()}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def trace(state: TrainState, batch) -> None:
+        record = {"epoch": state.epoch, "step": state.step + 1, "index": [int(i) for i in batch["index"]]}
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    return trace
