@@ -1,4 +1,4 @@
-"""Run `python launch.py` for real (subprocess, as a user would) with laptop-small overrides."""
+"""Run `python launch.py` for real (subprocess, as a user would) with laptop-small overrides (msca.bench.tiny)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from msca.bench.tiny import QUIET, TINY_DATA, TINY_MODEL
 
-TINY_MODEL = ["model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.shift_div=2"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
@@ -19,23 +19,12 @@ def small_overrides(tmp: Path, data_root: Path, name: str) -> list[str]:
         f"run.name={name}",
         f"store.root={tmp / 'store'}",
         f"data.root={data_root}",
-        "data.synthetic.classes=4",
-        "data.synthetic.videos_per_class=6",
-        "data.synthetic.val_videos_per_class=2",
-        "data.synthetic.frames=16",
-        "data.synthetic.height=40",
-        "data.synthetic.width=52",
-        "data.crop_size=32",
-        "data.train_short_side=[36,44]",
-        "data.test_short_side=36",
-        "data.stride=2",
-        "data.num_workers=0",
+        *TINY_DATA,
         "data.batch_size=4",
         "data.eval_batch_size=4",
         "data.test_clips=1",
         "data.test_crops=1",
-        "train.progress=false",
-        "train.log_every=1",
+        *QUIET,
         "eval.plots=false",
         *TINY_MODEL,
     ]

@@ -4,7 +4,9 @@ import json
 
 import pytest
 import torch
-from launch_helpers import TINY_MODEL, metrics, run_launch, small_overrides
+from launch_helpers import metrics, run_launch, small_overrides
+
+from msca.bench.tiny import TINY_MODEL
 
 pytestmark = pytest.mark.slow  # real processes: launch.py, ranks, or clusters
 

@@ -24,32 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from msca.bench.tiny import QUIET, TINY_DATA, TINY_MODEL
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "data.synthetic.classes=4",
-    "data.synthetic.videos_per_class=6",
-    "data.synthetic.val_videos_per_class=2",
-    "data.synthetic.frames=16",
-    "data.synthetic.height=40",
-    "data.synthetic.width=52",
-    "data.crop_size=32",
-    "data.train_short_side=[36,44]",
-    "data.test_short_side=36",
-    "data.stride=2",
-    "data.num_workers=0",
+    *TINY_DATA,
+    *TINY_MODEL,
+    *QUIET,
     "data.batch_size=2",
-    "train.progress=false",
-    "train.log_every=1",
     "eval.plots=false",
     "eval.at_end=false",
     "train.val_every=0",
     "checkpoint.every_steps=0",
     "checkpoint.every_epochs=0",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.shift_div=2",
     "deepspeed=zero2",
 ]
 
