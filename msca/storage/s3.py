@@ -199,9 +199,9 @@ class _S3Conn:
             self._signing_keys = {k: key}
         return key
 
-    def fast_get(self, bucket: str, key: str) -> Tuple[Optional[int], bytes]:
-        """(status, body) of a SigV4-signed GET; (None, b"") when this path cannot answer (caller uses boto3).
-        Bodies above the big-object threshold are not read (status None)."""
+    def fast_get(self, bucket: str, key: str, span: Optional[Tuple[int, int]] = None) -> Tuple[Optional[int], bytes]:
+        """(status, body) of a SigV4-signed GET (of bytes [start, end) when `span` is given); (None, b"") when
+        this path cannot answer (caller uses boto3). Bodies above the big-object threshold are not read."""
         if not self.use_fast_get:
             return None, b""
         self.client()  # resolves session + region for this process
@@ -224,13 +224,15 @@ class _S3Conn:
         headers["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={names}, Signature={sig}"
         )
+        if span is not None:  # unsigned, as SigV4 allows for headers outside SignedHeaders
+            headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
         for attempt in range(2):  # a keep-alive connection the server closed fails once: reconnect
             conn = self._connection(connect_host, port, https, fresh=attempt > 0)
             try:
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
                 n = int(resp.getheader("Content-Length") or 0)
-                if resp.status == 200 and n > _BIG:
+                if resp.status in (200, 206) and n > _BIG:
                     conn.close()
                     return None, b""
                 return resp.status, resp.read()
@@ -406,6 +408,37 @@ class S3Store(Store):
             return buf.getvalue()
         try:
             return resp["Body"].read()
+        finally:
+            resp["Body"].close()
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """One ranged GET: a frame pack's span; empty past the object's end."""
+        if end <= start:
+            return b""
+        started = time.monotonic()
+        status, body = self.conn.fast_get(self.bucket, self._key(key), (start, end))
+        if status in (200, 206):
+            return body[: end - start] if status == 206 else body[start:end]
+        if status == 416:
+            return b""
+        if status == 404 and b"NoSuchBucket" not in body:
+            raise FileNotFoundError(f"{self.url(key)}: no such object on {self.conn.where}")
+        c = self.conn.client()
+        try:
+            resp = self._call(
+                c.get_object,
+                key,
+                _started=started,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Range=f"bytes={start}-{end - 1}",
+            )
+        except botocore.exceptions.ClientError as e:
+            if str(e.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                return b""
+            raise
+        try:
+            return resp["Body"].read()[: end - start]
         finally:
             resp["Body"].close()
 
