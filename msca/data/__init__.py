@@ -32,6 +32,7 @@ from msca.data.lists import (
 )
 from msca.data.loader import build_loader, collate_clips
 from msca.data.sampler import ResumableDistributedSampler
+from msca.data.transforms import to_model_input
 from msca.storage import Store, is_remote, open_store
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "collate_clips",
+    "to_model_input",
     "BadDataError",
     "PackMismatchError",
     "FolderFrames",
@@ -142,10 +144,11 @@ def check_first_frame(store: Store, vl, cfg: DataConfig, frames=None) -> None:
         ) from None
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0, uint8: bool = False) -> VideoClipDataset:
     """train: one random clip + train augmentation per item; val: `val_clips` x `test_crops` views;
     test: `test_clips` x `test_crops` views. With `cfg.synthetic` set, the dataset is generated at `cfg.root`
-    first if its list files are missing (idempotent, safe across ranks)."""
+    first if its list files are missing (idempotent, safe across ranks). `uint8`: clips are not normalised
+    (`to_model_input` does it on the device)."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if cfg.synthetic is not None:
@@ -183,4 +186,5 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
         num_classes=num_classes,
         name=f"{cfg.name}/{split}",
         frames=frames,
+        uint8=uint8,
     )

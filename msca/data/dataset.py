@@ -80,6 +80,7 @@ class VideoClipDataset(Dataset):
         num_classes: Optional[int] = None,
         name: str = "",
         frames: Optional[Union[FolderFrames, PackFrames]] = None,
+        uint8: bool = False,
     ):
         if sampling not in ("dense", "uniform"):
             raise ValueError(f"sampling must be 'dense' or 'uniform', got {sampling!r}")
@@ -102,6 +103,7 @@ class VideoClipDataset(Dataset):
             else (len(class_names) if class_names else max((r.label for r in self.records), default=-1) + 1)
         )
         self.name = name
+        self.uint8 = uint8  # clips left unnormalised: the trainer normalises them on the device
         self.frames = frames if frames is not None else FolderFrames(store, frame_format)  # folders or packs
         self.epoch = 0
         # per-process bad-input bookkeeping
@@ -210,7 +212,7 @@ class VideoClipDataset(Dataset):
             return (
                 sorted(set(int(i) for i in idx)),
                 p.short_side,
-                lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std),
+                lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std, self.uint8),
             )
         clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)  # (n, T)
         uniq, inv = np.unique(clips, return_inverse=True)
@@ -225,6 +227,7 @@ class VideoClipDataset(Dataset):
                 self.crops,
                 self.mean,
                 self.std,
+                self.uint8,
             ),
         )  # (V, T, 3, c, c)
 
