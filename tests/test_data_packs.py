@@ -167,3 +167,47 @@ def test_copied_pack_tree_still_reads(folders, tmp_path):
     pack(open_store(str(folders)), open_store(str(tmp_path / "p")), [TRAIN_LIST, VAL_LIST], "img_{:05d}.jpg")
     shutil.copytree(tmp_path / "p", tmp_path / "q")
     _same_clips(folders, tmp_path / "q")
+
+
+def test_bad_data_threshold_counts_all_loader_workers_together(tmp_path):
+    """Two unreadable videos, one per loader worker: each worker alone is within max_bad_fraction (1 of 8),
+    together they are past it, and the run stops naming the files."""
+    from msca.data import BadDataError, ResumableDistributedSampler, build_loader
+
+    r = tmp_path / "data"
+    assert ensure_synthetic(open_store(str(r)), TINY)
+    cfg = cfg_for(r, max_bad_fraction=1 / 8, color_jitter_prob=0.0)
+    ds = build_dataset(cfg, "train")
+    for j in (0, 3):  # worker 0 loads batches 0, 2, .. (video 0), worker 1 batches 1, 3, .. (video 3)
+        for p in (r / ds.records[j].path).iterdir():
+            p.write_bytes(b"garbage")
+    alone = build_dataset(cfg, "train")
+    alone[(0, 0)]  # one bad video in one process: within the threshold
+    ds = build_dataset(cfg, "train")
+    sampler = ResumableDistributedSampler(len(ds), 0, 1, seed=0, shuffle=False)
+    with pytest.raises(BadDataError, match="2 of 8 videos"):
+        for _ in build_loader(ds, sampler, 1, 2):
+            pass
+
+
+def test_a_404_on_a_listed_s3_frame_is_read_again_before_it_counts(folders, s3_env, tmp_path):
+    """A frame that answers 404 and is there a moment later (a store restarting, a lagging replica) gives the
+    same clip as if it had always been there; one that stays missing counts as bad after the re-reads."""
+    import threading
+
+    bucket = s3_env.make_bucket()
+    s3 = open_store(f"s3://{bucket}/f")
+    local = open_store(str(folders))
+    ref = build_dataset(cfg_for(folders, num_frames=40, stride=1), "val")
+    rec = ref.records[0]
+    s3.write_many([(k, local.read_bytes(k)) for k in local.list() if "img_00007" not in k or rec.path not in k])
+    ds = build_dataset(cfg_for(f"s3://{bucket}/f", num_frames=40, stride=1), "val")
+    key = f"{rec.path}/img_00007.jpg"
+    late = threading.Timer(0.1, lambda: s3.write_bytes(key, local.read_bytes(key)))  # lands before the re-read
+    late.start()
+    s = ds[0]
+    late.join()
+    assert s["bad_frames"] == 0 and torch.equal(s["video"], ref[0]["video"])
+    s3.delete(key)
+    ds = build_dataset(cfg_for(f"s3://{bucket}/f", num_frames=40, stride=1), "val")
+    assert ds[0]["bad_frames"] == 1 and any("img_00007" in u for u in ds.stats["bad_files"])

@@ -12,8 +12,10 @@ Bad input (frames that are missing or do not decode):
     deterministically replaced by the next readable video in list order (index+1, index+2, ... wrapping),
     using the same (seed, epoch, index) randomness. It is counted and remembered (per process) so it is
     not probed again;
-  * once the videos affected (bad frames or skipped) exceed `max_bad_fraction` of the list in one process,
-    `BadDataError` is raised naming the files.
+  * once the videos affected (bad frames or skipped) exceed `max_bad_fraction` of the list, counted over
+    the main process and all its loader workers together (a bitmap of the list in shared memory, made before
+    the workers start), `BadDataError` is raised naming the files this process saw. (Across ranks each rank
+    counts its own loading; see the issue-19 note.)
 Other storage errors (credentials, missing bucket, network after retries) are raised, never counted.
 Counters live in the process that loads: `stats` in the main process sees only `num_workers=0` loading;
 every sample also carries its own `bad_frames` / `skipped` counts, which the collate returns per batch.
@@ -32,6 +34,7 @@ from concurrent.futures import as_completed
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from msca.data.decode import DecodeError, decode_rgb
@@ -110,6 +113,8 @@ class VideoClipDataset(Dataset):
         self._bad_frames = 0
         self._bad_files: Dict[str, str] = {}  # url -> reason (first few hundred)
         self._videos_bad: set = set()  # list indices with >= 1 replaced frame
+        # affected videos of this rank's loading, shared by its loader workers: (V,) uint8, 1 = affected
+        self._affected = torch.zeros(len(self.records), dtype=torch.uint8).share_memory_()
         self._unreadable: Dict[int, str] = {}  # list index -> video url
         self._ahead: dict = {}  # frame key -> future of its bytes (read-ahead)
 
@@ -383,7 +388,10 @@ class VideoClipDataset(Dataset):
         self._check_fraction()
 
     def _check_fraction(self) -> None:
-        affected = len(self._videos_bad | set(self._unreadable))
+        mine = self._videos_bad | set(self._unreadable)
+        if mine:
+            self._affected[torch.as_tensor(sorted(mine), dtype=torch.long)] = 1
+        affected = max(int(self._affected.sum()), len(mine))
         if affected > self.max_bad_fraction * len(self.records):
             files = [f"{u} ({r})" for u, r in list(self._bad_files.items())[:10]]
             files += [f"{u} (no readable frame)" for u in list(self._unreadable.values())[:10]]
