@@ -85,7 +85,7 @@ def test_packs_give_bit_identical_clips_local(folders, tmp_path):
 
 
 def test_a_clip_is_one_ranged_read_when_its_frames_are_close(folders, tmp_path):
-    """S3's default gap puts an 4x8 clip in one read; gap 0 reads each frame alone, coalescing neighbours."""
+    """A 16 MiB gap puts a 4x8 clip in one read; gap 0 reads each frame alone, coalescing neighbours."""
     pack(open_store(str(folders)), open_store(str(tmp_path / "p")), [TRAIN_LIST], "img_{:05d}.jpg", progress=False)
     ds = build_dataset(cfg_for(tmp_path / "p", pack_gap_bytes=16 << 20), "train")
     assert isinstance(ds.frames, PackFrames)
@@ -93,8 +93,9 @@ def test_a_clip_is_one_ranged_read_when_its_frames_are_close(folders, tmp_path):
     reqs, missing = ds.frames.requests(rec, [1, 9, 17, 25])
     assert len(reqs) == 1 and not missing and reqs[0][1] == [1, 9, 17, 25]
     ds0 = build_dataset(cfg_for(tmp_path / "p"), "train")  # local default: exact frames, adjacent ones coalesced
-    assert len(ds0.frames.requests(rec, [1, 9, 17, 25])[0]) == 4
-    assert len(ds0.frames.requests(rec, [3, 4, 5, 9])[0]) == 2
+    reqs = ds0.frames.requests(rec, [1, 9, 17, 25])[0]  # one request of 4 ranges, fetched concurrently
+    assert len(reqs) == 1 and ds0.frames.gets(reqs[0][0]) == 4 and reqs[0][1] == [1, 9, 17, 25]
+    assert ds0.frames.gets(ds0.frames.requests(rec, [3, 4, 5, 9])[0][0][0]) == 2
     bad = ds0.records[1]  # frame 17 was missing from the folder: known missing, no read
     assert ds0.frames.requests(bad, [9, 17])[1] == [17]
 
@@ -157,9 +158,11 @@ def test_packs_on_s3_give_bit_identical_clips(folders, s3_env, tmp_path):
     src.write_many([(k, local.read_bytes(k)) for k in local.list()], max_workers=8)
     out = pack(src, open_store(f"s3://{bucket}/packs"), [TRAIN_LIST, VAL_LIST], "img_{:05d}.jpg", progress=False)
     assert out["packed"] == 12
-    _same_clips(folders, f"s3://{bucket}/packs")
-    ds = build_dataset(cfg_for(f"s3://{bucket}/packs"), "train")
-    assert len(ds.frames.requests(ds.records[0], [1, 9, 17, 25])[0]) == 1  # one ranged GET per clip
+    for gap, gets in ((16 << 20, 1), (0, 4)):  # one GET for the clip's span; each frame alone (obstore, at once)
+        _same_clips(folders, f"s3://{bucket}/packs", pack_gap_bytes=gap)
+        ds = build_dataset(cfg_for(f"s3://{bucket}/packs", pack_gap_bytes=gap), "train")
+        reqs = ds.frames.requests(ds.records[0], [1, 9, 17, 25])[0]
+        assert len(reqs) == 1 and ds.frames.gets(reqs[0][0]) == gets
 
 
 def test_copied_pack_tree_still_reads(folders, tmp_path):

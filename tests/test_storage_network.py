@@ -79,6 +79,14 @@ def test_https_endpoint_with_a_private_ca_bundle(s3_server, frames, monkeypatch,
         monkeypatch.setenv("AWS_CA_BUNDLE", front.ca_pem)
         st = open_store(f"s3://{frames}/f", **kw)
         assert st.read_bytes("v/img_00001.jpg") == b"jpeg-1" and "tls" in front.seen
+        proxy = HttpProxy()  # an https endpoint behind a proxy: a CONNECT tunnel, TLS end to end
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+            st = open_store(f"s3://{frames}/f", **kw)
+            assert st.read_bytes("v/img_00002.jpg") == b"jpeg-2"
+            assert proxy.seen and proxy.seen[0].startswith(f"CONNECT localhost:{front.port} "), proxy.seen
+        finally:
+            proxy.close()
     finally:
         front.close()
 

@@ -191,6 +191,9 @@ def run(argv=None) -> dict:
     ap.add_argument("--io-workers", type=int, default=8, help="concurrent frame reads per clip")
     ap.add_argument("--read-ahead", type=int, default=1, help="batches read ahead when loading in-process")
     ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument(
+        "--pack-gaps", default="", help="comma list of data.pack_gap_bytes to try on S3 besides the default"
+    )
     ap.add_argument("--s3-endpoint", default=None)
     ap.add_argument("--s3-uri", default=None, help="existing s3://bucket/prefix to upload to (default: new bucket)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir, removed at the end)")
@@ -243,6 +246,12 @@ def run(argv=None) -> dict:
             s3p = s3.child("packs")
             packer["s3"] = pack(local, s3p, lists, "img_{:05d}.jpg", progress=False)
             pipelines["s3 packs"] = _pack_dataset(s3p, records, ds_kw)
+            for g in [g for g in a.pack_gaps.split(",") if g]:  # other read strategies, same packs
+                gap, single = int(g.rstrip("s")), g.endswith("s")  # "0s": each range its own request
+                ds = pipelines[f"s3 packs {_size(gap)}{'s' if single else ''}"] = _pack_dataset(
+                    s3p, records, ds_kw, gap
+                )
+                ds.frames.multi = not single
         for where, out in packer.items():
             print(f"packer -> {where}: {out['videos_per_s']:.1f} videos/s ({out['bytes'] / 2**20:.0f} MiB)")
 
@@ -264,8 +273,9 @@ def run(argv=None) -> dict:
         n = len(records)
         for workers in [int(w) for w in a.workers.split(",")]:
             allowed = sorted(os.sched_getaffinity(0))
-            if workers == 0:
-                os.sched_setaffinity(0, {allowed[0]})
+            if workers == 0:  # every thread of this process (obstore's runtime threads too) on one core
+                for tid in os.listdir("/proc/self/task"):
+                    os.sched_setaffinity(int(tid), {allowed[0]})
             samplers = {name: _Items() for name in pipelines}
             loaders = {
                 name: build_loader(ds, samplers[name], batch_size=a.batch, num_workers=workers, read_ahead=a.read_ahead)
@@ -287,7 +297,8 @@ def run(argv=None) -> dict:
                         rates[name].append(len(items) / wall)
                         cpu_rates[name].append(len(items) / max(cpu, 1e-9))
             if workers == 0:
-                os.sched_setaffinity(0, set(allowed))
+                for tid in os.listdir("/proc/self/task"):
+                    os.sched_setaffinity(int(tid), set(allowed))
             del loaders
             for name, rs in rates.items():
                 results.append(
@@ -314,8 +325,12 @@ def run(argv=None) -> dict:
         tmp.cleanup()
 
 
-def _pack_dataset(store, records, ds_kw) -> VideoClipDataset:
-    frames = open_frames(store, "train.txt", "img_{:05d}.jpg")
+def _size(n: int) -> str:
+    return f"gap={n >> 20}M" if n >= 1 << 20 else f"gap={n >> 10}K"
+
+
+def _pack_dataset(store, records, ds_kw, gap=None) -> VideoClipDataset:
+    frames = open_frames(store, "train.txt", "img_{:05d}.jpg", gap)
     return VideoClipDataset(store, records, frames=frames, **ds_kw)
 
 
@@ -326,7 +341,7 @@ def _requests(ds, items) -> int:
     n = 0
     for epoch, index in items:
         need = ds._plan(index, epoch, index)[0]
-        n += len(ds.frames.requests(ds.records[index], need)[0])
+        n += sum(ds.frames.gets(rk) for rk, _ in ds.frames.requests(ds.records[index], need)[0])
     return n
 
 

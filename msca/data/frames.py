@@ -32,9 +32,11 @@ INDEX_SUFFIX = ".packindex"
 FORMAT = "msca-frame-packs"
 VERSION = 1
 # Ranged reads of an S3 pack: two wanted frames closer than this are fetched in one GET with the bytes between
-# them. A request costs tens of ms of first-byte latency and counts against S3's per-prefix request rate;
-# reading a few extra MB at S3 bandwidth costs about as much. An 8x32 clip of 30-40 KiB frames spans ~7 MiB.
-S3_GAP_BYTES = 16 * 1024 * 1024
+# them; the clip's remaining ranges go out in one multi-range request that obstore fetches concurrently. Dense
+# clips (frames a few apart) become one GET; an 8x32 clip (~8 of ~225 frames of its ~11 MiB span) stays 8 exact
+# ranges: measured with `python -m msca.bench data --pack-gaps 0,16777216`, one GET for the span moved 28x the
+# bytes and gave 0.38x local clips/s against 0.58x for exact ranges (see the issue-19 note). 16 MiB: one GET.
+S3_GAP_BYTES = 256 * 1024
 
 
 class PackMismatchError(ValueError):
@@ -127,6 +129,10 @@ class FolderFrames:
         """([(request key, [frames])], frames known missing without a read)."""
         return [(("f", self.key(rec, i), i), [i]) for i in dict.fromkeys(frames)], []
 
+    @staticmethod
+    def gets(rk) -> int:
+        return 1
+
     def submit(self, rk, io_workers: int):
         return self.store.submit_read(rk[1], io_workers)
 
@@ -138,6 +144,8 @@ class PackFrames:
     """One object per video; a clip's frames come from as few ranged reads as `gap` allows."""
 
     layout = "packs"
+
+    multi = True  # several ranges of a clip in one request (the store fetches them concurrently)
 
     def __init__(self, store: Store, index: PackIndex, gap: int):
         self.store, self.index, self.gap = store, index, int(gap)
@@ -156,15 +164,36 @@ class PackFrames:
         n = len(offsets) - 1
         present = [i for i in frames if 1 <= i <= n and offsets[i] > offsets[i - 1]]
         missing = [i for i in dict.fromkeys(frames) if i not in present]
-        return [(("p", rec.path, lo, hi), fr) for lo, hi, fr in coalesce(offsets, present, self.gap)], missing
+        spans = coalesce(offsets, present, self.gap)
+        if (
+            len(spans) > 1 and self.multi
+        ):  # one request of several ranges, fetched concurrently by the store (obstore on S3)
+            return [
+                (("m", rec.path, tuple((lo, hi) for lo, hi, _ in spans)), [i for *_, f in spans for i in f])
+            ], missing
+        return [(("p", rec.path, lo, hi), fr) for lo, hi, fr in spans], missing
+
+    @staticmethod
+    def gets(rk) -> int:
+        """GETs a request costs (ranges of a multi-range request)."""
+        return len(rk[2]) if rk[0] == "m" else 1
 
     def submit(self, rk, io_workers: int):
+        if rk[0] == "m":
+            return self.store.submit_read_ranges(pack_key(rk[1]), rk[2], io_workers)
         return self.store.submit_read_range(pack_key(rk[1]), rk[2], rk[3], io_workers)
 
-    def split(self, rec: VideoRecord, rk, data: bytes) -> Dict[int, bytes]:
-        """The frames of one ranged read, each checked against the index's size and crc32."""
+    def split(self, rec: VideoRecord, rk, data) -> Dict[int, bytes]:
+        """The frames of one request, each checked against the index's size and crc32."""
+        if rk[0] == "m":
+            out: Dict[int, bytes] = {}
+            for (lo, hi), part in zip(rk[2], data):
+                out.update(self._split(rec, lo, hi, part))
+            return out
+        return self._split(rec, rk[2], rk[3], data)
+
+    def _split(self, rec: VideoRecord, lo: int, hi: int, data: bytes) -> Dict[int, bytes]:
         offsets, crcs = self.index.video(rec.path)
-        lo, hi = rk[2], rk[3]
         if len(data) != hi - lo:
             raise PackMismatchError(
                 f"{self.store.url(pack_key(rec.path))}: the index says bytes {lo}-{hi} but the pack has "

@@ -132,6 +132,21 @@ class Store:
         except Exception as e:  # noqa: BLE001 - handed back to the caller by design
             return e
 
+    def read_ranges(self, key: str, spans: Sequence[Tuple[int, int]]) -> list:
+        """Bytes of each [start, end) of `spans` in one object (a clip's frames in a pack); like `read_range`
+        for each, which stores that can fetch them concurrently from one call do (S3: obstore)."""
+        return [self.read_range(key, a, b) for a, b in spans]
+
+    def _ranges_or_error(self, key: str, spans):
+        try:
+            return self.read_ranges(key, spans)
+        except Exception as e:  # noqa: BLE001 - handed back to the caller by design
+            return e
+
+    def submit_read_ranges(self, key: str, spans, max_workers: int = 8) -> Future:
+        """Start `read_ranges` in the background; the result is the list of bytes or the exception."""
+        return _pool(max_workers).submit(self._ranges_or_error, key, spans)
+
     def submit_read_range(self, key: str, start: int, end: int, max_workers: int = 8) -> Future:
         """Start reading bytes [start, end) of `key` in the background; the result is the bytes or the exception."""
         return _pool(max_workers).submit(self._range_or_error, key, start, end)
