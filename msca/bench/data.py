@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from msca.bench.seeds import provenance
 from msca.data.dataset import VideoClipDataset
 from msca.data.decode import decoder_name
 from msca.data.frames import open_frames
@@ -311,9 +312,17 @@ def run(argv=None) -> dict:
                         "requests_per_clip": requests[name] / (a.rounds * a.clips),
                     }
                 )
-        report(results)
-        if a.json:
-            Path(a.json).write_text(json.dumps(results, indent=1))
+        print("\n" + report(results))
+        if a.json:  # `python -m msca.bench readme --data-json` makes README's data section from it
+            notes = [
+                f"packer -> {w}: {o['videos_per_s']:.1f} videos/s ({o['bytes'] / 2**20:.0f} MiB)"
+                for w, o in packer.items()
+            ]
+            setup = f"{a.videos} videos x {a.frames} frames of {a.height}x{a.width} JPEG q{a.quality}"
+            setup += f", {a.clips} clips x {a.rounds} rounds, batch {a.batch}"
+            Path(a.json).write_text(
+                json.dumps({"results": results, "notes": notes, "setup": setup, "provenance": provenance()}, indent=1)
+            )
         return {"results": results}
     finally:
         if server:
@@ -360,28 +369,29 @@ def _cpu_seconds(loader, workers: int) -> float:
     return total
 
 
-def report(results: list) -> None:
-    """Wall-clock clips/s is the target metric; clips per CPU-second of the loading processes is printed too,
-    since on a shared machine other jobs take wall time from any pipeline."""
-    print(
-        f"\n{'pipeline':<14} {'workers':>7} {'clips/s':>8} {'frames/s':>9} {'range':>12} {'vs PIL':>7} "
+def report(results: list) -> str:
+    """The table. Wall-clock clips/s is the target metric; clips per CPU-second of the loading processes is
+    shown too, since on a shared machine other jobs take wall time from any pipeline."""
+    lines = [
+        f"{'pipeline':<17} {'workers':>7} {'clips/s':>8} {'frames/s':>9} {'range':>12} {'vs PIL':>7} "
         f"{'vs local':>8} {'clips/cpu-s':>11} {'vs local':>8} {'GET/clip':>8}"
-    )
+    ]
     for r in results:
         same = {x["pipeline"]: x for x in results if x["workers"] == r["workers"]}
         vs_pil = r["clips_per_s"] / same["pil-baseline"]["clips_per_s"]
         vs_local = r["clips_per_s"] / same["msca local"]["clips_per_s"]
         cpu_vs_local = r["clips_per_cpu_s"] / same["msca local"]["clips_per_cpu_s"]
         lo, hi = r["spread"]
-        print(
-            f"{r['pipeline']:<14} {r['workers']:>7} {r['clips_per_s']:>8.1f} {r['clips_per_s'] * T:>9.0f} "
+        lines.append(
+            f"{r['pipeline']:<17} {r['workers']:>7} {r['clips_per_s']:>8.1f} {r['clips_per_s'] * T:>9.0f} "
             f"{f'{lo}-{hi}':>12} {vs_pil:>6.2f}x {vs_local:>7.2f}x {r['clips_per_cpu_s']:>11.1f} "
             f"{cpu_vs_local:>7.2f}x {r.get('requests_per_clip', 0):>8.1f}"
         )
-    print(
+    lines.append(
         "(workers=0: one process pinned to one core; targets: msca local >= 2x pil-baseline, "
         "msca s3 >= 0.9x msca local per cpu-s, s3 packs >= 0.95x msca local clips/s with >= 8x fewer GETs per clip)"
     )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
