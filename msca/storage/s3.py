@@ -8,7 +8,8 @@ endpoint has a project-level override (`endpoint_url=`, else `MSCA_S3_ENDPOINT`,
 
 Processes: a `Store` is picklable and fork-safe. The boto3 client and the thread pool are created lazily per
 process (a DataLoader worker forked from a parent that already used the store builds its own), because
-neither urllib3 connection pools nor executor threads survive a fork.
+neither urllib3 connection pools nor executor threads survive a fork. obstore cannot run at all in a process
+forked after its parent ran it: such a process reads through boto3 (`s3_reads.usable`).
 
 Reads of objects (video frames, frame-pack spans) go through obstore, a maintained client that costs ~0.2 CPU-ms
 per GET where boto3 costs ~1.7, as much as decoding the frame; credentials, region, CA bundle and proxies come
