@@ -214,3 +214,25 @@ def test_a_404_on_a_listed_s3_frame_is_read_again_before_it_counts(folders, s3_e
     s3.delete(key)
     ds = build_dataset(cfg_for(f"s3://{bucket}/f", num_frames=40, stride=1), "val")
     assert ds[0]["bad_frames"] == 1 and any("img_00007" in u for u in ds.stats["bad_files"])
+
+
+def test_pack_index_reaches_spawned_workers_as_shared_memory():
+    """Loader workers are spawned once obstore runs: the index must travel as shared-memory handles, not data."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import numpy as np
+
+    from msca.data.frames import PackIndex
+
+    n = 2_000_000  # frames
+    sizes = np.random.default_rng(0).integers(1, 2**32 - 1, n, dtype=np.uint32)
+    idx = PackIndex(["a/v1", "b/v2"], np.array([0, n // 2, n]), sizes, sizes[::-1].copy(), "test")
+    handles = bytes(ForkingPickler.dumps(idx))
+    assert len(handles) < 100_000 < n * 8 <= len(pickle.dumps(idx))  # plain pickle still carries the data
+    back = pickle.loads(handles)
+    assert np.array_equal(back.sizes, sizes) and np.array_equal(back.crcs, sizes[::-1])
+    back.sizes[0] = 7  # the same memory, not a copy
+    assert idx.sizes[0] == 7
+    offsets, crcs = back.video("b/v2")
+    assert offsets[-1] == int(sizes[n // 2 :].astype(np.int64).sum()) and crcs[0] == sizes[n // 2 - 1]
