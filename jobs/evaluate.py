@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def evaluate_run(cfg, home: RunHome, forward=None) -> dict:
     """Test-split evaluation with `forward` (the trained engine, in eval mode) or, when None, the run's
     model.pt (into a model built without its pretrained file: model.pt replaces every weight)."""
-    dataset = build_dataset(cfg.data, "test", seed=cfg.seed)
+    dataset = build_dataset(cfg.data, "test", seed=cfg.seed, uint8=True)
     device, dtype = dist.device(), DTYPES[cfg.deepspeed.precision]
     if forward is None:
         model = build_model(cfg.model, dataset.num_classes, cfg.store.endpoint_url, pretrained=False)

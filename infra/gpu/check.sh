@@ -2,7 +2,7 @@
 # The one-call GPU check (issue 20), run on the offline GPU machine from the repository root, after
 # infra/gpu/prepare.sh filled infra/gpu/carry/ on a CPU machine (see infra/gpu/README.md for the call):
 #   0. install the carried wheels (--no-index) and unpack the carried dataset
-#   1. pytest -m gpu tests/test_gpu.py   bf16 numerics, flash SDPA, nccl, ZeRO-2 bf16, resume, model.pt
+#   1. pytest -m gpu tests/test_gpu.py tests/test_data_device.py   uint8 normalised on the GPU, bf16 numerics, flash SDPA, nccl, ZeRO-2 bf16, resume, model.pt
 #   2. python launch.py                  the embedded default, on the GPU
 #   3. python -m msca.bench train        ViT/TokenShift/MSCA-B/16, 8x224, bf16, one run: clips/s, TFLOP/s, MFU,
 #                                        peak memory, data-wait share
@@ -75,7 +75,7 @@ else
   limits=(120 110 140 60)  # with the install's 45 s: 475 s at most
 fi
 describe | tee "$work/machine.txt"
-step gpu_tests "${limits[0]}" "$py" -m pytest -q -rA -p no:cacheprovider -m gpu tests/test_gpu.py
+step gpu_tests "${limits[0]}" "$py" -m pytest -q -rA -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_data_device.py
 step launch "${limits[1]}" "$py" launch.py run.name=gpu-default "store.root=$work/store" "${launch_args[@]}"
 step bench_train "${limits[2]}" "$py" -m msca.bench train --models "$models" "${train_args[@]}" \
   --json "$out/bench_train.json" "${shape_args[@]}"

@@ -4,7 +4,7 @@ benchmark's imports (or absence) never affect another."""
 import importlib
 import sys
 
-COMMANDS = ("model", "data", "train", "seeds", "readme", "checkpoint", "preempt", "launch")
+COMMANDS = ("model", "data", "s3clients", "train", "seeds", "readme", "checkpoint", "preempt", "launch")
 
 
 def main(argv: list[str] | None = None) -> int:

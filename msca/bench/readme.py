@@ -5,7 +5,9 @@
 Runs `python launch.py` (the embedded default) and `python launch.py experiment=motion_compare` on a fresh
 synthetic dataset, then rewrites the README blocks between `<!-- BEGIN name -->` / `<!-- END name -->`:
 `default-run` (the default run's output, trimmed), `motion-compare` (its table) and, with --seeds-json (from
-`python -m msca.bench seeds --json`), `seeds` (the robustness table). Each block says the machine and commit.
+`python -m msca.bench seeds --json`), `seeds` (the robustness table); with --data-json (from
+`python -m msca.bench data --json`), `data` (the data-pipeline table). Each block says the machine and commit.
+--no-runs rewrites only the blocks given as JSON (no launches).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from msca.bench.data import report as report_data
 from msca.bench.seeds import ROOT, launch, provenance, report
 
 README = ROOT / "README.md"
@@ -45,12 +48,23 @@ def main(argv=None) -> int:
         prog="python -m msca.bench readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seeds-json", help="output of `python -m msca.bench seeds --json` to show as a table")
+    p.add_argument("--data-json", help="output of `python -m msca.bench data --json` to show as a table")
+    p.add_argument("--no-runs", action="store_true", help="skip the launches: only the blocks given as JSON")
     a = p.parse_args(argv)
+    text = README.read_text()
+    if a.data_json:
+        data = json.loads(Path(a.data_json).read_text())
+        body = "\n".join([report_data(data["results"]), *data["notes"]])
+        made = f"`python -m msca.bench data`, {data['setup']}; {data['provenance']}"
+        text = replace_block(text, "data", f"```\n{body}\n```\n({made})")
+    if a.no_runs:
+        README.write_text(text)
+        print("README.md updated from the JSON given")
+        return 0
     work = tempfile.mkdtemp(prefix="msca-readme-")
     env = dict(os.environ, MSCA_STORE_ROOT=f"{work}/outputs", MSCA_DATA_ROOT=f"{work}/data")
     where = provenance()
     wall, out = launch(["run.name=default"], env)
-    text = README.read_text()
     text = replace_block(
         text, "default-run", f"```\n{trim(out, work)}\n```\n({wall:.0f} s wall including data generation; {where})"
     )

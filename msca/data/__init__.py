@@ -20,17 +20,19 @@ from typing import Sequence, Tuple
 from msca.data.config import DataConfig, SyntheticConfig
 from msca.data.dataset import BadDataError, VideoClipDataset
 from msca.data.decode import DecodeError, decode_rgb
+from msca.data.frames import FolderFrames, PackFrames, PackMismatchError, read_frame
+from msca.data.frames import open_frames as frames_reader
 from msca.data.lists import (
     ListFormatError,
     VideoRecord,
     check_labels,
     class_names_from_folders,
-    frame_name_format,
     parse_class_names,
     parse_list,
 )
 from msca.data.loader import build_loader, collate_clips
 from msca.data.sampler import ResumableDistributedSampler
+from msca.data.transforms import to_model_input
 from msca.storage import Store, is_remote, open_store
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,11 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "collate_clips",
+    "to_model_input",
     "BadDataError",
+    "PackMismatchError",
+    "FolderFrames",
+    "PackFrames",
     "ListFormatError",
     "VideoRecord",
     "open_list",
@@ -59,11 +65,22 @@ def _resolve(root: Store, path: str, endpoint_url=None) -> Tuple[Store, str]:
     return root, path
 
 
+def _list_path(cfg: DataConfig, split: str) -> str:
+    return {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
+
+
+def open_frames(cfg: DataConfig, split: str, store: Store):
+    """The frame reader for data.root's layout (frame folders or frame packs, detected)."""
+    path = _list_path(cfg, split)
+    relative = not (is_remote(path) or os.path.isabs(path))
+    return frames_reader(store, path if relative else None, cfg.frame_format, cfg.pack_gap_bytes)
+
+
 def open_list(cfg: DataConfig, split: str):
     """(frame store, parsed VideoList, class names or None) for a split; a label outside the classes fails
     here, naming its file:line."""
     store = open_store(cfg.root, endpoint_url=cfg.endpoint_url)
-    path = {"train": cfg.train_list, "val": cfg.val_list, "test": cfg.test_list or cfg.val_list}[split]
+    path = _list_path(cfg, split)
     lst_store, key = _resolve(store, path, cfg.endpoint_url)
     try:
         text = lst_store.read_text(key)
@@ -104,30 +121,34 @@ def check_data(cfg: DataConfig, splits: Sequence[str]) -> None:
         store, vl, _ = open_list(cfg, split)
         if not vl.records:
             raise ValueError(f"{vl.source}: the {split} list is empty")
-        check_first_frame(store, vl, cfg)
+        check_first_frame(store, vl, cfg, open_frames(cfg, split, store))
 
 
-def check_first_frame(store: Store, vl, cfg: DataConfig) -> None:
-    """The first video's first frame exists under data.root with data.frame_format's name and decodes:
-    catches a wrong root, frame naming or list prefix before any job starts."""
-    key = posixpath.join(vl.records[0].path, frame_name_format(cfg.frame_format).format(1))
+def check_first_frame(store: Store, vl, cfg: DataConfig, frames=None) -> None:
+    """The first video's first frame exists under data.root with data.frame_format's name (or in its pack)
+    and decodes: catches a wrong root, frame naming or list prefix before any job starts."""
+    frames = frames or FolderFrames(store, cfg.frame_format)
+    rec = vl.records[0]
     try:
-        data = store.read_bytes(key)
+        data = read_frame(frames, rec, 1)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{vl.where(0)}: the video's first frame {store.url(key)} does not exist (check "
+            f"{vl.where(0)}: the video's first frame {frames.url(rec, 1)} does not exist (check "
             f"data.root={cfg.root} and data.frame_format={cfg.frame_format!r})"
         ) from None
     try:
         decode_rgb(data)
     except DecodeError as err:
-        raise ValueError(f"{store.url(key)} (first frame of {vl.where(0)}) is not a readable image: {err}") from None
+        raise ValueError(
+            f"{frames.url(rec, 1)} (first frame of {vl.where(0)}) is not a readable image: {err}"
+        ) from None
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0, uint8: bool = False) -> VideoClipDataset:
     """train: one random clip + train augmentation per item; val: `val_clips` x `test_crops` views;
     test: `test_clips` x `test_crops` views. With `cfg.synthetic` set, the dataset is generated at `cfg.root`
-    first if its list files are missing (idempotent, safe across ranks)."""
+    first if its list files are missing (idempotent, safe across ranks). `uint8`: clips are not normalised
+    (`to_model_input` does it on the device)."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if cfg.synthetic is not None:
@@ -138,6 +159,7 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
     store, vl, names = open_list(cfg, split)
     if not vl.records:
         raise ValueError(f"{vl.source}: the {split} list is empty")
+    frames = open_frames(cfg, split, store)
     num_classes = len(names) if names else None
     train = split == "train"
     return VideoClipDataset(
@@ -163,4 +185,6 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoClipDatase
         class_names=names,
         num_classes=num_classes,
         name=f"{cfg.name}/{split}",
+        frames=frames,
+        uint8=uint8,
     )

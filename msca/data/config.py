@@ -63,6 +63,8 @@ class DataConfig:
     num_workers: int = 2
     io_workers: int = 8  # concurrent frame reads per clip (threads inside each loader worker)
     max_bad_fraction: float = 0.01  # of the list's videos that may have bad frames or be unreadable
+    pack_gap_bytes: Optional[int] = None  # frame packs: wanted frames closer than this share one ranged read
+    #                                       (None: 256 KiB on S3, 0 on a filesystem; msca/data/frames.py)
     endpoint_url: Optional[str] = None  # S3-compatible endpoint for root (None: env / boto3 default)
     use_subset: bool = False  # keep every 10th list line, as the original's USE_SUBSET
     synthetic: Optional[SyntheticConfig] = None  # set for the synthetic set: generate root if missing

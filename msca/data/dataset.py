@@ -12,8 +12,10 @@ Bad input (frames that are missing or do not decode):
     deterministically replaced by the next readable video in list order (index+1, index+2, ... wrapping),
     using the same (seed, epoch, index) randomness. It is counted and remembered (per process) so it is
     not probed again;
-  * once the videos affected (bad frames or skipped) exceed `max_bad_fraction` of the list in one process,
-    `BadDataError` is raised naming the files.
+  * once the videos affected (bad frames or skipped) exceed `max_bad_fraction` of the list, counted over
+    the main process and all its loader workers together (a bitmap of the list in shared memory, made before
+    the workers start), `BadDataError` is raised naming the files this process saw. (Across ranks each rank
+    counts its own loading; see the issue-19 note.)
 Other storage errors (credentials, missing bucket, network after retries) are raised, never counted.
 Counters live in the process that loads: `stats` in the main process sees only `num_workers=0` loading;
 every sample also carries its own `bad_frames` / `skipped` counts, which the collate returns per batch.
@@ -27,16 +29,20 @@ its frames are in, so storage latency overlaps decoding. `prefetch(items)` start
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import as_completed
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from msca.data.decode import DecodeError, decode_rgb
+from msca.data.frames import FolderFrames, PackFrames
 from msca.data.lists import VideoRecord, frame_name_format
 from msca.data.sampling import AUGMENT_STREAM, SAMPLING_STREAM, eval_indices, sample_rng, train_indices
 from msca.data.transforms import draw_train_params, eval_views, train_clip
-from msca.storage import Store
+from msca.storage import Store, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ class BadDataError(RuntimeError):
 class VideoClipDataset(Dataset):
     """Train: one random clip per item, (T, 3, crop, crop). Eval: `clips` x `crops` views,
     (V, T, 3, crop, crop) with view v = clip k * crops + crop j."""
+
+    RETRY_DELAYS = (0.2, 1.0)  # seconds before re-reading frames an object store said were missing
 
     def __init__(
         self,
@@ -74,6 +82,8 @@ class VideoClipDataset(Dataset):
         class_names: Optional[List[str]] = None,
         num_classes: Optional[int] = None,
         name: str = "",
+        frames: Optional[Union[FolderFrames, PackFrames]] = None,
+        uint8: bool = False,
     ):
         if sampling not in ("dense", "uniform"):
             raise ValueError(f"sampling must be 'dense' or 'uniform', got {sampling!r}")
@@ -96,11 +106,15 @@ class VideoClipDataset(Dataset):
             else (len(class_names) if class_names else max((r.label for r in self.records), default=-1) + 1)
         )
         self.name = name
+        self.uint8 = uint8  # clips left unnormalised: the trainer normalises them on the device
+        self.frames = frames if frames is not None else FolderFrames(store, frame_format)  # folders or packs
         self.epoch = 0
         # per-process bad-input bookkeeping
         self._bad_frames = 0
         self._bad_files: Dict[str, str] = {}  # url -> reason (first few hundred)
         self._videos_bad: set = set()  # list indices with >= 1 replaced frame
+        # affected videos of this rank's loading, shared by its loader workers: (V,) uint8, 1 = affected
+        self._affected = torch.zeros(len(self.records), dtype=torch.uint8).share_memory_()
         self._unreadable: Dict[int, str] = {}  # list index -> video url
         self._ahead: dict = {}  # frame key -> future of its bytes (read-ahead)
 
@@ -173,10 +187,10 @@ class VideoClipDataset(Dataset):
         for it in items:
             epoch, index = (int(it[0]), int(it[1])) if isinstance(it, (tuple, list)) else (self.epoch, int(it))
             plan = self._plan(index, epoch, index) if index not in self._unreadable else None
-            for i in plan[0] if plan else ():
-                key = self.frame_key(self.records[index], i)
-                if key not in self._ahead:
-                    self._ahead[key] = self.store.submit_read(key, self.io_workers)
+            if plan:
+                for rk, _ in self.frames.requests(self.records[index], plan[0])[0]:
+                    if rk not in self._ahead:
+                        self._ahead[rk] = self.frames.submit(rk, self.io_workers)
 
     @property
     def stats(self) -> dict:
@@ -203,7 +217,7 @@ class VideoClipDataset(Dataset):
             return (
                 sorted(set(int(i) for i in idx)),
                 p.short_side,
-                lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std),
+                lambda fr: train_clip([fr[int(i)] for i in idx], p, self.crop_size, self.mean, self.std, self.uint8),
             )
         clips = eval_indices(self.sampling, rec.num_frames, self.num_frames, self.stride, self.clips)  # (n, T)
         uniq, inv = np.unique(clips, return_inverse=True)
@@ -218,6 +232,7 @@ class VideoClipDataset(Dataset):
                 self.crops,
                 self.mean,
                 self.std,
+                self.uint8,
             ),
         )  # (V, T, 3, c, c)
 
@@ -256,32 +271,89 @@ class VideoClipDataset(Dataset):
             f"{', '.join(list(self._unreadable.values())[:5])})"
         )
 
-    def frame_key(self, rec: VideoRecord, i: int) -> str:
-        return f"{rec.path}/{self.frame_format.format(i)}"
-
     def _fetch(self, rec: VideoRecord, indices: List[int], decoded: dict, min_short: int) -> None:
         """Read and decode frames `indices` of one video into `decoded` (None for a missing/corrupt frame)."""
         self._fetch_into([(rec, i) for i in indices], [(decoded, i) for i in indices], [min_short] * len(indices))
 
     def _fetch_into(self, frames, targets, min_shorts, on_frame=None) -> None:
         """Read (record, frame index) pairs concurrently; decode each into targets[pos] = (dict, index) as it
-        arrives (None if missing/corrupt), then call on_frame[pos]()."""
-        keys = [self.frame_key(rec, i) for rec, i in frames]
-        for pos, data in self.store.iter_many(keys, self.io_workers, started=self._ahead):  # decode on arrival
-            target, i = targets[pos]
+        arrives (None if missing/corrupt), then call on_frame[pos]().
+
+        On an object store, a frame the list says exists but that reads as missing (404) is read again
+        (RETRY_DELAYS) before it counts as bad: a store under load or in a restart can answer 404 for an object
+        it holds. (Transient errors are retried inside the store; a filesystem's answer is final.)"""
+        where: Dict[tuple, List[int]] = {}  # (video path, frame) -> positions wanting it
+        recs: Dict[str, VideoRecord] = {}
+        for pos, (rec, i) in enumerate(frames):
+            where.setdefault((rec.path, i), []).append(pos)
+            recs[rec.path] = rec
+        wanted: Dict[str, List[int]] = {}
+        for path, i in where:
+            wanted.setdefault(path, []).append(i)
+        failed: Dict[tuple, str] = {}  # (path, frame) -> reason, after the last try
+        delays = self.RETRY_DELAYS if is_remote(self.store.uri) else ()
+        for attempt in range(len(delays) + 1):
+            if attempt:
+                time.sleep(delays[attempt - 1])
+            last = attempt == len(delays)
+            bad = self._read_frames(recs, wanted, where, targets, min_shorts, on_frame, last, failed)
+            if not bad:
+                break
+            wanted = {}
+            for path, i in bad:
+                wanted.setdefault(path, []).append(i)
+        for (path, i), reason in failed.items():
+            self._note_bad(self.frames.url(recs[path], i), reason)
+
+    def _read_frames(self, recs, wanted, where, targets, min_shorts, on_frame, last, failed) -> list:
+        """One round of reads for {path: frames}; returns the (path, frame) pairs that were missing/corrupt
+        (delivered as None to their targets only when `last`)."""
+        futures, known_missing = {}, []
+        for path, idx in wanted.items():
+            reqs, missing = self.frames.requests(recs[path], idx)
+            known_missing += [(path, i) for i in missing]
+            for rk, _ in reqs:
+                fut = self._ahead.pop(rk, None) or self.frames.submit(rk, self.io_workers)
+                futures[fut] = (path, rk, _)
+        bad = []
+
+        def deliver(path, i, data, reason=None):
+            for pos in where[(path, i)]:
+                target, j = targets[pos]
+                value = None
+                if data is not None:
+                    try:
+                        value = decode_rgb(data, min_shorts[pos])
+                    except DecodeError as e:
+                        reason = f"corrupt ({e})"
+                if value is None and reason == "missing" and not last:
+                    bad.append((path, i))
+                    return
+                if value is None:
+                    failed[(path, i)] = reason or "missing"
+                target[j] = value
+                if on_frame is not None:
+                    on_frame[pos]()
+
+        for path, i in known_missing:  # absent from a pack's index: the packer found no such frame
+            for pos in where[(path, i)]:
+                targets[pos][0][targets[pos][1]] = None
+                failed[(path, i)] = "missing"
+                if on_frame is not None:
+                    on_frame[pos]()
+        for fut in as_completed(futures):  # decode on arrival
+            path, rk, wanted_frames = futures[fut]
+            data = fut.result()
             if isinstance(data, Exception):
                 if not isinstance(data, FileNotFoundError):
                     raise data
-                self._note_bad(keys[pos], "missing")
-                target[i] = None
-            else:
-                try:
-                    target[i] = decode_rgb(data, min_shorts[pos])
-                except DecodeError as e:
-                    self._note_bad(keys[pos], f"corrupt ({e})")
-                    target[i] = None
-            if on_frame is not None:
-                on_frame[pos]()
+                for i in wanted_frames:
+                    deliver(path, i, None, "missing")
+                continue
+            parts = self.frames.split(recs[path], rk, data)
+            for i in wanted_frames:
+                deliver(path, i, parts.get(i))
+        return list(dict.fromkeys(bad))
 
     def _nearest(self, rec: VideoRecord, i: int, decoded: dict, min_short: int) -> Optional[np.ndarray]:
         """The readable frame closest to i (previous first on a tie), probing io_workers frames at a time."""
@@ -298,8 +370,7 @@ class VideoClipDataset(Dataset):
         return None
 
     # --- bad-input bookkeeping --------------------------------------------------------------------------------
-    def _note_bad(self, key: str, reason: str) -> None:
-        url = self.store.url(key)
+    def _note_bad(self, url: str, reason: str) -> None:
         if url not in self._bad_files:
             if len(self._bad_files) < 1000:
                 self._bad_files[url] = reason
@@ -317,7 +388,10 @@ class VideoClipDataset(Dataset):
         self._check_fraction()
 
     def _check_fraction(self) -> None:
-        affected = len(self._videos_bad | set(self._unreadable))
+        mine = self._videos_bad | set(self._unreadable)
+        if mine:
+            self._affected[torch.as_tensor(sorted(mine), dtype=torch.long)] = 1
+        affected = max(int(self._affected.sum()), len(mine))
         if affected > self.max_bad_fraction * len(self.records):
             files = [f"{u} ({r})" for u, r in list(self._bad_files.items())[:10]]
             files += [f"{u} (no readable frame)" for u in list(self._unreadable.values())[:10]]

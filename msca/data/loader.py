@@ -11,6 +11,8 @@ from typing import List
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from msca.storage import worker_context
+
 
 def collate_clips(samples: List[dict]) -> dict:
     """video stacked (B, ...) float32; label, index, bad_frames, skipped as (B,) LongTensors."""
@@ -87,6 +89,7 @@ def build_loader(
             worker_init_fn=worker_init,
             prefetch_factor=2,
             generator=generator,
+            multiprocessing_context=worker_context(),  # spawn once obstore runs here (it cannot be forked)
         )
     if hasattr(dataset, "prefetch"):
         batches = ReadAheadBatchSampler(sampler, batch_size, drop_last, dataset, read_ahead)

@@ -80,15 +80,22 @@ def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
-    """uint8 -> float32 `(x/255 - mean) / std` ([-1, 1] for 0.5/0.5), contiguous."""
+    """uint8 -> float32 `(x/255 - mean) / std` ([-1, 1] for 0.5/0.5), contiguous, on x's device. Two
+    elementwise IEEE float32 ops, so the CPU and a GPU give the same bits."""
     out = x.to(torch.float32, memory_format=torch.contiguous_format)
     return out.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
 def train_clip(
-    frames: Sequence[np.ndarray], p: TrainAugParams, crop: int, mean: float = 0.5, std: float = 0.5
+    frames: Sequence[np.ndarray],
+    p: TrainAugParams,
+    crop: int,
+    mean: float = 0.5,
+    std: float = 0.5,
+    uint8: bool = False,
 ) -> torch.Tensor:
-    """T frames (H, W, 3) uint8 -> (T, 3, crop, crop) float32, one set of parameters for all frames."""
+    """T frames (H, W, 3) uint8 -> (T, 3, crop, crop) float32, one set of parameters for all frames
+    (`uint8`: left unnormalised, for `normalize` on the device)."""
     x = stack_frames(frames)  # (T, 3, H, W) uint8
     h, w = resized_size(x.shape[2], x.shape[3], p.short_side)
     if h < crop or w < crop:
@@ -103,7 +110,19 @@ def train_clip(
         x = x.flip(-1)
     if any(v is not None for v in (p.brightness, p.saturation, p.gamma, p.hue)):
         x = color_jitter(x, p)
-    return normalize(x, mean, std)
+    return x.contiguous() if uint8 else normalize(x, mean, std)
+
+
+def to_model_input(
+    video: torch.Tensor, device: torch.device, dtype: torch.dtype, mean: float = 0.5, std: float = 0.5
+) -> torch.Tensor:
+    """A batch from the loader -> the model's input on `device`. uint8 clips cross to the device as bytes
+    (4x less pinned memory and host-to-device traffic than float32) and are normalised there; float clips
+    (normalised by the loader) are only moved. Both give the same values."""
+    x = video.to(device, non_blocking=True)  # (B, ..., 3, H, W)
+    if x.dtype == torch.uint8:
+        x = normalize(x, mean, std)
+    return x.to(dtype)
 
 
 def eval_crop_offsets(h: int, w: int, crop: int, n: int) -> List[Tuple[int, int]]:
@@ -129,8 +148,9 @@ def eval_views(
     n_crops: int,
     mean: float = 0.5,
     std: float = 0.5,
+    uint8: bool = False,
 ) -> torch.Tensor:
-    """Unique frames + (n, T) positions into them -> (n * n_crops, T, 3, crop, crop) float32.
+    """Unique frames + (n, T) positions into them -> (n * n_crops, T, 3, crop, crop) float32 (or uint8).
 
     View v = clip k * n_crops + crop j. Each unique frame is resized once even when clips overlap.
     """
@@ -146,7 +166,8 @@ def eval_views(
         for k in range(clips_t.shape[0])
         for oy, ox in offsets
     ]
-    return normalize(torch.stack(views), mean, std)  # (V, T, 3, crop, crop)
+    views = torch.stack(views)  # (V, T, 3, crop, crop) uint8
+    return views if uint8 else normalize(views, mean, std)
 
 
 # --- colour jitter: torchvision's functional ops on PIL images, re-done on the whole clip ---------------------
@@ -210,6 +231,7 @@ __all__ = [
     "eval_crop_offsets",
     "color_jitter",
     "normalize",
+    "to_model_input",
     "resize",
     "stack_frames",
     "describe",

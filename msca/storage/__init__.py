@@ -13,8 +13,10 @@ from typing import Optional, Union
 from msca.storage.base import BucketNotFoundError, ConditionalWritesUnsupported, Store, StoreAuthError, is_remote
 from msca.storage.local import LocalStore
 from msca.storage.s3 import ENDPOINT_ENV_VARS, RETRY_S, S3Store, _S3Conn
+from msca.storage.s3_reads import worker_context
 
 __all__ = [
+    "worker_context",
     "BucketNotFoundError",
     "ENDPOINT_ENV_VARS",
     "LocalStore",

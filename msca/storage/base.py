@@ -73,6 +73,11 @@ class Store:
     def read_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (a frame pack's span): fewer when the object is shorter, so a
+        caller can tell an index that disagrees with the object from a read error."""
+        return self.read_bytes(key)[start:end]
+
     def write_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
@@ -128,6 +133,31 @@ class Store:
             return self.read_bytes(key)
         except Exception as e:  # noqa: BLE001 - handed back to the caller by design
             return e
+
+    def _range_or_error(self, key: str, start: int, end: int):
+        try:
+            return self.read_range(key, start, end)
+        except Exception as e:  # noqa: BLE001 - handed back to the caller by design
+            return e
+
+    def read_ranges(self, key: str, spans: Sequence[Tuple[int, int]]) -> list:
+        """Bytes of each [start, end) of `spans` in one object (a clip's frames in a pack); like `read_range`
+        for each, which stores that can fetch them concurrently from one call do (S3: obstore)."""
+        return [self.read_range(key, a, b) for a, b in spans]
+
+    def _ranges_or_error(self, key: str, spans):
+        try:
+            return self.read_ranges(key, spans)
+        except Exception as e:  # noqa: BLE001 - handed back to the caller by design
+            return e
+
+    def submit_read_ranges(self, key: str, spans, max_workers: int = 8) -> Future:
+        """Start `read_ranges` in the background; the result is the list of bytes or the exception."""
+        return _pool(max_workers).submit(self._ranges_or_error, key, spans)
+
+    def submit_read_range(self, key: str, start: int, end: int, max_workers: int = 8) -> Future:
+        """Start reading bytes [start, end) of `key` in the background; the result is the bytes or the exception."""
+        return _pool(max_workers).submit(self._range_or_error, key, start, end)
 
     def submit_read(self, key: str, max_workers: int = 8) -> Future:
         """Start reading `key` in the background; the future's result is the bytes or the exception."""

@@ -42,6 +42,16 @@ class LocalStore(Store):
         except IsADirectoryError:
             raise FileNotFoundError(f"{path}: is a directory, not a file") from None
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return os.pread(f.fileno(), max(0, end - start), start)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise FileNotFoundError(f"{path}: is a directory, not a file") from None
+
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -8,35 +8,31 @@ endpoint has a project-level override (`endpoint_url=`, else `MSCA_S3_ENDPOINT`,
 
 Processes: a `Store` is picklable and fork-safe. The boto3 client and the thread pool are created lazily per
 process (a DataLoader worker forked from a parent that already used the store builds its own), because
-neither urllib3 connection pools nor executor threads survive a fork.
+neither urllib3 connection pools nor executor threads survive a fork. obstore cannot run at all in a process
+forked after its parent ran it: such a process reads through boto3 (`s3_reads.usable`).
 
-Small-object GETs (video frames) take a lean path: a SigV4-signed GET on a per-thread keep-alive
-`http.client` connection, with credentials and region from the same boto3 chain. boto3 spends ~1 ms of CPU per
-request, as much as decoding the frame; the lean GET costs ~0.2 ms. Any answer but 200 or 404 (auth errors,
-throttling, 5xx, redirects, big objects) is re-done through boto3, which owns retries and error reporting.
-`fast_get=False` (or env MSCA_S3_FAST_GET=0) turns it off.
+Reads of objects (video frames, frame-pack spans) go through obstore, a maintained client that costs ~0.2 CPU-ms
+per GET where boto3 costs ~1.7, as much as decoding the frame; credentials, region, CA bundle and proxies come
+from the same chain as boto3's (`msca.storage.s3_reads`). Everything else is boto3.
 """
 
 import contextlib
-import hashlib
-import hmac
-import http.client
 import io
 import logging
 import os
-import re
-import ssl
 import threading
 import time
 import uuid
 from typing import Optional, Tuple
-from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions
+import obstore
+import obstore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from msca.storage import s3_reads
 from msca.storage.base import (
     BucketNotFoundError,
     ConditionalWritesUnsupported,
@@ -45,8 +41,7 @@ from msca.storage.base import (
     atomic_copy,
     clean_key,
 )
-
-log = logging.getLogger(__name__)
+from msca.storage.s3_reads import http_status, open_objects, s3_code
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +98,6 @@ class _S3Conn:
         self.max_pool_connections = int(opts.pop("max_pool_connections", 64))
         self.addressing_style = opts.pop("addressing_style", "path" if self.endpoint_url else "auto")
         self.transfer_concurrency = int(opts.pop("transfer_concurrency", 8))
-        self.use_fast_get = bool(opts.pop("fast_get", os.environ.get("MSCA_S3_FAST_GET", "1") != "0"))
         self.retry_s = float(opts.pop("retry_s", RETRY_S))  # per-operation deadline for transient errors
         self.read_timeout = float(opts.pop("read_timeout", 20))  # a silent server is noticed within this
         if opts:
@@ -113,21 +107,20 @@ class _S3Conn:
         self._lock = threading.Lock()
         self._session = None
         self.region = None
-        self._local = threading.local()
-        self._signing_keys: dict = {}
+        self._objects: dict = {}
+        self._objects_pid = None
         self.checked_buckets: set = set()
         self.conditional_ok: set = set()  # buckets whose conditional writes were probed and work
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_client=None, _pid=None, _lock=None, _session=None, _local=None, _signing_keys={})
+        state.update(_client=None, _pid=None, _lock=None, _session=None, _objects={}, _objects_pid=None)
         state.update(checked_buckets=set(), conditional_ok=set())
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._local = threading.local()
 
     @property
     def where(self) -> str:
@@ -162,93 +155,24 @@ class _S3Conn:
             use_threads=True,
         )
 
-    # --- lean signed GET (see the module docstring) ---------------------------------------------------------
-    def _target(self, bucket: str, key: str) -> Tuple[str, str, int, bool, str]:
-        """(host header, connect host, port, https, canonical path) for a GET of bucket/key."""
-        if self.endpoint_url:
-            u = urlsplit(self.endpoint_url)
-            https = u.scheme == "https"
-            port = u.port or (443 if https else 80)
-            host = u.netloc
-            base = u.path.rstrip("/")
-            if self.addressing_style == "virtual":
-                return f"{bucket}.{host}", f"{bucket}.{u.hostname}", port, https, f"{base}/{quote(key)}"
-            return host, u.hostname, port, https, f"{base}/{bucket}/{quote(key)}"
-        if re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket) and self.addressing_style != "path":
-            host = f"{bucket}.s3.{self.region}.amazonaws.com"
-            return host, host, 443, True, f"/{quote(key)}"
-        host = f"s3.{self.region}.amazonaws.com"
-        return host, host, 443, True, f"/{bucket}/{quote(key)}"
-
-    def _connection(self, host: str, port: int, https: bool, fresh: bool = False):
-        local = self._local
-        k = (os.getpid(), host, port, https)
-        conns = getattr(local, "conns", None)
-        if conns is None or getattr(local, "pid", None) != os.getpid():
-            conns = local.conns = {}  # a forked child must not share its parent's sockets
-            local.pid = os.getpid()
-        c = conns.get(k)
-        if c is None or fresh:
-            if c is not None:
-                c.close()
-            c = conns[k] = (
-                http.client.HTTPSConnection(host, port, timeout=self.read_timeout, context=ssl.create_default_context())
-                if https
-                else http.client.HTTPConnection(host, port, timeout=self.read_timeout)
+    def objects(self, bucket: str):
+        """This process's obstore store for `bucket`, the read hot path (see `msca.storage.s3_reads`); built
+        after a fork or unpickling like the boto3 client, since its connections and runtime stay in one process."""
+        self.client()  # resolves the session and region for this process
+        stores = self._objects if self._objects_pid == os.getpid() else {}
+        ob = stores.get(bucket)
+        if ob is None:
+            ob = open_objects(
+                self._session,
+                self.region,
+                bucket,
+                self.endpoint_url,
+                self.addressing_style,
+                self.retry_s,
+                self.read_timeout,
             )
-        return c
-
-    def _signing_key(self, secret: str, date: str) -> bytes:
-        k = (secret, date, self.region)
-        key = self._signing_keys.get(k)
-        if key is None:
-            key = ("AWS4" + secret).encode()
-            for part in (date, self.region, "s3", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._signing_keys = {k: key}
-        return key
-
-    def fast_get(self, bucket: str, key: str) -> Tuple[Optional[int], bytes]:
-        """(status, body) of a SigV4-signed GET; (None, b"") when this path cannot answer (caller uses boto3).
-        Bodies above the big-object threshold are not read (status None)."""
-        if not self.use_fast_get:
-            return None, b""
-        self.client()  # resolves session + region for this process
-        creds = self._session.get_credentials()
-        if creds is None:
-            return None, b""
-        creds = creds.get_frozen_credentials()
-        host, connect_host, port, https, path = self._target(bucket, key)
-        amz = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        headers = {"host": host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "x-amz-date": amz}
-        if creds.token:
-            headers["x-amz-security-token"] = creds.token
-        names = ";".join(sorted(headers))
-        canonical = "GET\n{}\n\n{}\n{}\nUNSIGNED-PAYLOAD".format(
-            path, "".join(f"{n}:{headers[n]}\n" for n in sorted(headers)), names
-        )
-        scope = f"{amz[:8]}/{self.region}/s3/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        sig = hmac.new(self._signing_key(creds.secret_key, amz[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={names}, Signature={sig}"
-        )
-        for attempt in range(2):  # a keep-alive connection the server closed fails once: reconnect
-            conn = self._connection(connect_host, port, https, fresh=attempt > 0)
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                n = int(resp.getheader("Content-Length") or 0)
-                if resp.status == 200 and n > _BIG:
-                    conn.close()
-                    return None, b""
-                return resp.status, resp.read()
-            except (http.client.HTTPException, ConnectionError, OSError) as e:
-                conn.close()
-                if attempt or isinstance(e, TimeoutError):  # a silent server: boto3's deadline takes over
-                    log.debug("lean GET failed (%s); using boto3", e)
-                    break
-        return None, b""
+            self._objects, self._objects_pid = {**stores, bucket: ob}, os.getpid()
+        return ob
 
 
 def _transient(e: Exception) -> bool:
@@ -386,37 +310,97 @@ class S3Store(Store):
         c = self.conn.client()
         return self._call(c.head_object, key, Bucket=self.bucket, Key=self._key(key))["ContentLength"]
 
-    def read_bytes(self, key: str) -> bytes:
-        started = time.monotonic()  # the lean GET's time counts against the operation's deadline
-        status, body = self.conn.fast_get(self.bucket, self._key(key))
-        if status == 200:
-            return body
-        if status == 404:
-            if b"NoSuchBucket" in body:
-                raise BucketNotFoundError(
+    def _objects(self):
+        try:
+            return self.conn.objects(self.bucket)
+        except botocore.exceptions.BotoCoreError as e:  # no credentials in the chain, a broken profile
+            raise self._error(e, None) from None
+
+    def _read_error(self, e: Exception, key: str) -> Exception:
+        """An obstore error left after its retries, as the same error a boto3 operation gives."""
+        what = self.url(key)
+        if isinstance(e, FileNotFoundError):  # obstore's NotFoundError
+            if "NoSuchBucket" in str(e):
+                return BucketNotFoundError(
                     f"bucket {self.bucket!r} does not exist on {self.conn.where} "
-                    f"(while accessing {self.url(key)}); create it or fix the URI"
+                    f"(while accessing {what}); create it or fix the URI"
                 )
-            raise FileNotFoundError(f"{self.url(key)}: no such object on {self.conn.where}")
-        c = self.conn.client()  # anything else: boto3 (retries, error mapping)
-        resp = self._call(c.get_object, key, _started=started, Bucket=self.bucket, Key=self._key(key))
-        n = resp.get("ContentLength", 0)
-        if n > _BIG:  # parallel ranged GETs for big objects (checkpoints)
-            resp["Body"].close()
-            buf = io.BytesIO()
-            self._call(
-                c.download_fileobj,
-                key,
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Fileobj=buf,
-                Config=self.conn.transfer_config(),
+            return FileNotFoundError(f"{what}: no such object on {self.conn.where}")
+        status = http_status(e)
+        if isinstance(e, (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)) or (
+            status in (401, 403)
+        ):
+            return StoreAuthError(
+                f"S3 refused our credentials for bucket {self.bucket!r} on {self.conn.where} "
+                f"({s3_code(e) or status}); {_CRED_HINT}"
             )
-            return buf.getvalue()
+        if status is None or status >= 500 or status == 429:  # still failing at the deadline
+            return ConnectionError(
+                f"the S3 endpoint {self.conn.where} did not answer {what} for {self.conn.retry_s:.0f}s "
+                f"({str(e).splitlines()[0][:200]}); is the server up and reachable? (MSCA_S3_RETRY_S sets how "
+                f"long to wait; HTTPS_PROXY/HTTP_PROXY/NO_PROXY choose the route)"
+            )
+        return OSError(f"S3 GET of {what} on {self.conn.where} failed: HTTP {status} {s3_code(e)}")
+
+    def _boto_read(self, key: str, **kw) -> bytes:
+        """A GET through boto3: where obstore cannot run (a process forked after its parent started it)."""
+        resp = self._call(self.conn.client().get_object, key, Bucket=self.bucket, Key=self._key(key), **kw)
         try:
             return resp["Body"].read()
         finally:
             resp["Body"].close()
+
+    def read_bytes(self, key: str) -> bytes:
+        if not s3_reads.usable():
+            return self._boto_read(key)
+        try:
+            res = obstore.get(self._objects(), self._key(key))
+            if res.meta["size"] <= _BIG:
+                return bytes(res.bytes())
+        except (obstore.exceptions.BaseError, FileNotFoundError) as e:  # obstore raises the builtin for a 404
+            raise self._read_error(e, key) from None
+        buf = io.BytesIO()  # big objects (checkpoints): boto3's parallel ranged GETs
+        self._call(
+            self.conn.client().download_fileobj,
+            key,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Fileobj=buf,
+            Config=self.conn.transfer_config(),
+        )
+        return buf.getvalue()
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """One ranged GET: a frame pack's span; fewer bytes past the object's end."""
+        if end <= start:
+            return b""
+        if not s3_reads.usable():
+            try:
+                return self._boto_read(key, Range=f"bytes={start}-{end - 1}")[: end - start]
+            except botocore.exceptions.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                    return b""
+                raise
+        try:
+            return bytes(obstore.get_range(self._objects(), self._key(key), start=start, end=end))
+        except (obstore.exceptions.BaseError, FileNotFoundError) as e:
+            if http_status(e) == 416:  # starts at or past the end
+                return b""
+            raise self._read_error(e, key) from None
+
+    def read_ranges(self, key: str, spans) -> list:
+        """Several ranges of one object from one call: obstore fetches them concurrently."""
+        spans = [(a, b) for a, b in spans]
+        if not s3_reads.usable() or len(spans) < 2 or any(b <= a for a, b in spans):
+            return super().read_ranges(key, spans)
+        starts, ends = [a for a, _ in spans], [b for _, b in spans]
+        try:
+            parts = obstore.get_ranges(self._objects(), self._key(key), starts=starts, ends=ends, coalesce=0)
+        except (obstore.exceptions.BaseError, FileNotFoundError) as e:
+            if http_status(e) == 416:  # a range past the object's end: each alone says how much there is
+                return super().read_ranges(key, spans)
+            raise self._read_error(e, key) from None
+        return [bytes(p) for p in parts]
 
     def write_bytes(self, key: str, data: bytes) -> None:
         c = self.conn.client()

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from msca.data import build_loader
+from msca.data import build_loader, to_model_input
 from msca.runtime import dist
 from msca.runtime.preemption import EvaluationInterrupted
 
@@ -57,7 +57,9 @@ def predict(
         signum = stop() if stop is not None else 0
         if signum:
             raise EvaluationInterrupted(signum)
-        video = batch["video"].to(device, dtype=dtype, non_blocking=True)  # (B, V, T, 3, H, W)
+        ds = getattr(loader, "dataset", None)  # uint8 clips: normalised here, with its mean/std
+        mean, std = getattr(ds, "mean", 0.5), getattr(ds, "std", 0.5)
+        video = to_model_input(batch["video"], device, dtype, mean, std)  # (B, V, T, 3, H, W)
         b, v = video.shape[:2]
         logits = forward(video.flatten(0, 1)).float()  # (B*V, K)
         out.append(logits.view(b, v, -1).mean(1).cpu())  # (B, K)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from msca.config import identity_hash
-from msca.data import ResumableDistributedSampler, build_dataset, build_loader
+from msca.data import ResumableDistributedSampler, build_dataset, build_loader, to_model_input
 from msca.runstate.checkpoint import CheckpointManager
 from msca.runstate.home import RunHome
 from msca.runstate.lease import LeaseLost
@@ -78,8 +78,9 @@ class Trainer:
         self.dtype = DTYPES[cfg.deepspeed.precision]
         seed_everything(cfg.seed)  # identical initial weights on every rank
 
-        self.train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
-        self.val_set = build_dataset(cfg.data, "val", seed=cfg.seed) if cfg.train.val_every else None
+        # uint8 clips: normalised on the device (to_model_input), 4x less pinned memory and copy traffic
+        self.train_set = build_dataset(cfg.data, "train", seed=cfg.seed, uint8=True)
+        self.val_set = build_dataset(cfg.data, "val", seed=cfg.seed, uint8=True) if cfg.train.val_every else None
         b = self.batching = resolve_batching(
             cfg.train.global_batch, cfg.train.grad_accum, cfg.data.batch_size, dist.world_size(), self._recorded(home)
         )
@@ -181,7 +182,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
     def loss(self, batch) -> torch.Tensor:
-        video = batch["video"].to(self.device, dtype=self.dtype, non_blocking=True)  # (B, T, 3, H, W)
+        data = self.cfg.data
+        video = to_model_input(batch["video"], self.device, self.dtype, data.mean, data.std)  # (B, T, 3, H, W)
         label = batch["label"].to(self.device, non_blocking=True)  # (B,)
         logits = self.engine(video).float()  # (B, K)
         return F.cross_entropy(logits, label, label_smoothing=self.cfg.train.label_smoothing)
