@@ -14,8 +14,8 @@ Bad input (frames that are missing or do not decode):
     not probed again;
   * once the videos affected (bad frames or skipped) exceed `max_bad_fraction` of the list, counted over
     the main process and all its loader workers together (a bitmap of the list in shared memory, made before
-    the workers start), `BadDataError` is raised naming the files this process saw. (Across ranks each rank
-    counts its own loading; see the issue-19 note.)
+    the workers start), `BadDataError` is raised naming the files this process saw; and over the whole run,
+    every rank's bitmap merged at each logged step (`check_run_wide`, called by the trainer).
 Other storage errors (credentials, missing bucket, network after retries) are raised, never counted.
 Counters live in the process that loads: `stats` in the main process sees only `num_workers=0` loading;
 every sample also carries its own `bad_frames` / `skipped` counts, which the collate returns per batch.
@@ -386,6 +386,22 @@ class VideoClipDataset(Dataset):
             self.records[j].num_frames,
         )
         self._check_fraction()
+
+    def check_run_wide(self, affected: torch.Tensor, ranks: int) -> None:
+        """The threshold over every rank: `affected` is the union of all ranks' bitmaps (msca.runtime.dist.union).
+        Each rank's own warnings named its files; the error says where they are."""
+        count = int(affected.sum())
+        if count > self.max_bad_fraction * len(self.records):
+            mine = [f"{u} ({r})" for u, r in list(self._bad_files.items())[:5]]
+            raise BadDataError(
+                f"{self.name or 'dataset'}: {count} of {len(self.records)} videos have missing/corrupt frames over "
+                f"all {ranks} ranks (more than max_bad_fraction={self.max_bad_fraction}); each rank's log names its "
+                f"files" + (f"; this rank's first: {', '.join(mine)}" if mine else "")
+            )
+
+    def affected(self) -> torch.Tensor:
+        """(V,) uint8: 1 for each video this rank's loading (main process and loader workers) found bad."""
+        return self._affected
 
     def _check_fraction(self) -> None:
         mine = self._videos_bad | set(self._unreadable)

@@ -227,6 +227,14 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def union(mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise OR over ranks of a uint8 0/1 mask (one MAX all-reduce; on the device nccl needs)."""
+    t = mask.to(device=device(), dtype=torch.uint8, copy=True)
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu()
+
+
 def all_gather_object(obj):
     if world_size() == 1:
         return [obj]

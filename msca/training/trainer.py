@@ -305,6 +305,8 @@ class Trainer:
 
     def _log_train(self, window: list[float], t0: float) -> float:
         now = time.perf_counter()
+        # the bad-data threshold over the whole run, not per rank: every rank's bitmap merged, (V,) uint8
+        self.train_set.check_run_wide(dist.union(self.train_set.affected()), dist.world_size())
         loss = dist.all_reduce_mean([float(np.mean(window))])[0]  # (micro-batch losses since the last log)
         clips_per_s = len(window) * self.cfg.data.batch_size * dist.world_size() / max(now - t0, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
