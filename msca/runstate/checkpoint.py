@@ -543,22 +543,27 @@ class CheckpointManager:
                 shutil.rmtree(root, ignore_errors=True)
             dist.barrier()
             for obj in self._my_objects(manifest):
-                local = None
-                if not self.in_place:
-                    local = root / obj["key"]
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        self.store.download_file(obj["key"], str(local))
-                    except FileNotFoundError as err:
-                        if not _is_missing_object(err):
-                            raise
-                        return FAULT, f"{self.store.url(obj['key'])} is missing"
-                problem = self._check_object(obj, deep=True, local=local)
+                problem = self._fetch_object(obj, None if self.in_place else root)
                 if problem:
                     return FAULT, problem
             return "", ""
         except Exception as err:  # noqa: BLE001 - agreed by every rank, then one line
             return ERROR, f"{type(err).__name__}: {err}"
+
+    def _fetch_object(self, obj: dict, root: Optional[Path]) -> str:
+        """Download one manifest object under `root` (None: a local store, read in place) and verify it: "" when
+        it verifies, else the checkpoint's own fault (missing, or not what its manifest says); other errors raise."""
+        local = None
+        if root is not None:
+            local = root / obj["key"]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.store.download_file(obj["key"], str(local))
+            except FileNotFoundError as err:
+                if not _is_missing_object(err):
+                    raise
+                return f"{self.store.url(obj['key'])} is missing"
+        return self._check_object(obj, deep=True, local=local)
 
     def _load(self, root: Path, manifest: dict, universal: bool = False) -> dict:
         tag = manifest["tag"]
@@ -647,17 +652,7 @@ class CheckpointManager:
             self.store.delete_prefix(f"{tag}/{SUBDIR}/")  # a crashed conversion's leftovers: never mixed in
             source = Path(self.store.url(tag)) if self.in_place else work / "source" / tag
             for obj in manifest["objects"]:  # every shard of the source, checked before it is converted
-                local = None
-                if work is not None:
-                    local = work / "source" / obj["key"]
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        self.store.download_file(obj["key"], str(local))
-                    except FileNotFoundError as err:
-                        if not _is_missing_object(err):
-                            raise
-                        return None, FAULT, f"{self.store.url(obj['key'])} is missing"
-                problem = self._check_object(obj, deep=True, local=local)
+                problem = self._fetch_object(obj, None if work is None else work / "source")
                 if problem:
                     return None, FAULT, problem
             out = Path(self.store.url(f"{tag}/{SUBDIR}")) if self.in_place else work / "out"
